@@ -1,0 +1,1 @@
+"""Pydantic models of every numail.ai custom resource, and condition helpers."""

@@ -1,0 +1,1 @@
+"""Schema migrations, workspace-scoped connections (row-level security) and the audit trail."""

@@ -1,0 +1,1 @@
+"""The numail Kopf operator: reconciles Workspaces, Mailboxes and keys into Kubernetes objects."""

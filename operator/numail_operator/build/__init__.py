@@ -1,0 +1,1 @@
+"""Operator layer: build (see ARCHITECTURE §6 for the layer order)."""

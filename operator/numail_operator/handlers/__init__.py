@@ -1,0 +1,1 @@
+"""Operator layer: handlers (see ARCHITECTURE §6 for the layer order)."""

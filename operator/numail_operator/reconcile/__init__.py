@@ -1,0 +1,1 @@
+"""Operator layer: reconcile (see ARCHITECTURE §6 for the layer order)."""

@@ -1,0 +1,1 @@
+"""Test harness: real servers (control plane, PostgreSQL, KMS, mail) started as local processes."""

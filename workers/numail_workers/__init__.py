@@ -1,0 +1,1 @@
+"""NuMail's send and reply workers: they import the core library only, never the operator."""
