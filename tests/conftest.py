@@ -97,3 +97,11 @@ def pg_dsn(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterator
     finally:
         with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def numail_crds(k8s: K8s) -> list[str]:
+    """The project's CRDs from crds/, applied and Established on the session control plane."""
+    from tests.support.crds import apply_crds
+
+    return apply_crds(k8s)

@@ -1,0 +1,58 @@
+"""Operator and key-service settings: one frozen dataclass read from NUMAIL_* variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class SettingsError(ValueError):
+    """A NUMAIL_* variable is malformed; the message names it and the fix."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    kubeconfig: str | None = None
+    # Key service
+    keyservice_host: str = "0.0.0.0"  # noqa: S104 - a Service fronts it in-cluster
+    keyservice_port: int = 8443
+    keyservice_tls_cert: str | None = None
+    keyservice_tls_key: str | None = None
+    keyservice_dek_ttl: int = 300
+    # Default key provider, used when a Workspace names none or no KeyProvider CR exists.
+    key_provider: str = "local"
+    local_keyring_file: str | None = None
+    worker_service_accounts: tuple[str, ...] = field(
+        default=("numail-send-worker", "numail-reply-worker")
+    )
+    database_url: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        accounts = tuple(
+            a.strip() for a in e.get("NUMAIL_WORKER_SERVICE_ACCOUNTS", "").split(",") if a.strip()
+        )
+        return cls(
+            kubeconfig=e.get("NUMAIL_KUBECONFIG") or e.get("KUBECONFIG") or None,
+            keyservice_host=e.get("NUMAIL_KEYSERVICE_HOST", cls.keyservice_host),
+            keyservice_port=_int(e, "NUMAIL_KEYSERVICE_PORT", cls.keyservice_port),
+            keyservice_tls_cert=e.get("NUMAIL_KEYSERVICE_TLS_CERT") or None,
+            keyservice_tls_key=e.get("NUMAIL_KEYSERVICE_TLS_KEY") or None,
+            keyservice_dek_ttl=_int(e, "NUMAIL_KEYSERVICE_DEK_TTL", cls.keyservice_dek_ttl),
+            key_provider=e.get("NUMAIL_KEY_PROVIDER", cls.key_provider),
+            local_keyring_file=e.get("NUMAIL_LOCAL_KEYRING_FILE") or None,
+            worker_service_accounts=accounts or ("numail-send-worker", "numail-reply-worker"),
+            database_url=e.get("NUMAIL_DATABASE_URL") or None,
+        )
