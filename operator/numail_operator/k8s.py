@@ -9,7 +9,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from numail.api import GROUP, LABEL_WORKSPACE, VERSION
+from numail.api import FIELD_MANAGER, GROUP, LABEL_WORKSPACE, VERSION
 
 
 @dataclass
@@ -78,3 +78,152 @@ def get_workspace(clients: Clients, name: str) -> dict[str, Any] | None:
             return None
         raise
     return dict(obj)
+
+
+# --- server-side apply and the objects a Workspace owns ------------------------------------
+
+
+class Applier:
+    """Server-side apply through the dynamic client, as the `numail-operator` field manager.
+
+    Forcing conflicts is deliberate: the operator is the authority for the fields it applies,
+    and a hand edit of them (say, `list` added to a worker Role) must be reverted."""
+
+    def __init__(self, api: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
+        from kubernetes.dynamic import DynamicClient
+
+        self._dyn = DynamicClient(api)
+        self._field_manager = field_manager
+        self._resources: dict[tuple[str, str], Any] = {}
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        key = (api_version, kind)
+        if key not in self._resources:
+            self._resources[key] = self._dyn.resources.get(api_version=api_version, kind=kind)
+        return self._resources[key]
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        resource = self._resource(manifest["apiVersion"], manifest["kind"])
+        result = self._dyn.server_side_apply(
+            resource,
+            body=manifest,
+            namespace=manifest["metadata"].get("namespace"),
+            field_manager=self._field_manager,
+            force_conflicts=True,
+        )
+        return dict(result.to_dict())
+
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        try:
+            obj = self._resource(api_version, kind).get(name=name, namespace=namespace)
+        except NotFoundError:
+            return None
+        return dict(obj.to_dict())
+
+
+def read_secret(clients: Clients, namespace: str, name: str) -> client.V1Secret | None:
+    try:
+        return clients.core.read_namespaced_secret(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def create_secret_once(clients: Clients, manifest: dict[str, Any]) -> bool:
+    """Create a Secret only if absent. True if this call created it; False if one existed.
+
+    Key material is never applied or replaced: a POST is atomic in the apiserver, so of two
+    racing operators exactly one creates, and the other reads what the first wrote."""
+    try:
+        clients.core.create_namespaced_secret(manifest["metadata"]["namespace"], manifest)
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+    return True
+
+
+def delete_secret(clients: Clients, namespace: str, name: str) -> bool:
+    try:
+        clients.core.delete_namespaced_secret(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
+def delete_namespace(clients: Clients, name: str) -> bool:
+    try:
+        clients.core.delete_namespace(name, propagation_policy="Background")
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
+def namespace_exists(clients: Clients, name: str) -> bool:
+    try:
+        clients.core.read_namespace(name)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
+def list_mailbox_names(clients: Clients, namespace: str) -> list[str]:
+    try:
+        items = clients.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "mailboxes")
+    except ApiException as err:
+        if err.status == 404:
+            return []
+        raise
+    return sorted(str(i["metadata"]["name"]) for i in items.get("items", []))
+
+
+def get_key_provider(clients: Clients, name: str) -> dict[str, Any] | None:
+    try:
+        obj = clients.custom.get_cluster_custom_object(GROUP, VERSION, "keyproviders", name)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return dict(obj)
+
+
+def list_workspaces(clients: Clients) -> list[dict[str, Any]]:
+    items = clients.custom.list_cluster_custom_object(GROUP, VERSION, "workspaces")
+    return [dict(i) for i in items.get("items", [])]
+
+
+def read_secret_value(clients: Clients, namespace: str, name: str, key: str) -> bytes | None:
+    import base64
+
+    secret = read_secret(clients, namespace, name)
+    if secret is None or not secret.data or key not in secret.data:
+        return None
+    return base64.b64decode(secret.data[key])
+
+
+def patch_status(
+    clients: Clients, plural: str, name: str, status: dict[str, Any], namespace: str | None = None
+) -> None:
+    """Merge-patch the status subresource. Conditions are sent whole, as a list is replaced."""
+    body = {"status": status}
+    try:
+        if namespace is None:
+            clients.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body)
+        else:
+            clients.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, body
+            )
+    except ApiException as err:
+        if err.status != 404:  # deleted meanwhile: nothing to report on
+            raise

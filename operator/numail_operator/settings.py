@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class SettingsError(ValueError):
@@ -37,6 +38,19 @@ class Settings:
         default=("numail-send-worker", "numail-reply-worker")
     )
     database_url: str | None = None
+    # Operator
+    system_namespace: str = "numail-system"
+    keyservice_url: str = "https://numail-keyservice.numail-system.svc:8443"
+    worker_image: str = "ghcr.io/numail/numail-operator:0.1.0"
+    worker_resources: Mapping[str, Any] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"cpu": "500m", "memory": "256Mi"},
+        }
+    )
+    metrics_port: int = 9090
+    liveness_port: int = 8080
+    reconcile_interval: int = 300
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,4 +69,10 @@ class Settings:
             local_keyring_file=e.get("NUMAIL_LOCAL_KEYRING_FILE") or None,
             worker_service_accounts=accounts or ("numail-send-worker", "numail-reply-worker"),
             database_url=e.get("NUMAIL_DATABASE_URL") or None,
+            system_namespace=e.get("NUMAIL_SYSTEM_NAMESPACE", cls.system_namespace),
+            keyservice_url=e.get("NUMAIL_KEYSERVICE_URL", cls.keyservice_url),
+            worker_image=e.get("NUMAIL_WORKER_IMAGE", cls.worker_image),
+            metrics_port=_int(e, "NUMAIL_METRICS_PORT", cls.metrics_port),
+            liveness_port=_int(e, "NUMAIL_LIVENESS_PORT", cls.liveness_port),
+            reconcile_interval=_int(e, "NUMAIL_RECONCILE_INTERVAL", cls.reconcile_interval),
         )

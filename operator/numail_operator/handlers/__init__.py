@@ -1,1 +1,5 @@
-"""Operator layer: handlers (see ARCHITECTURE §6 for the layer order)."""
+"""Kopf handlers, one module per kind; importing this package registers them all."""
+
+from numail_operator.handlers import children, keyprovider, operator, workspace
+
+__all__ = ["children", "keyprovider", "operator", "workspace"]

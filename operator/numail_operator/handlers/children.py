@@ -1,0 +1,59 @@
+"""Kopf handlers that watch a Workspace's children and mailboxes, to repair drift at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from numail.api import GROUP, LABEL_MANAGED_BY, VERSION
+from numail_operator import k8s, metrics
+from numail_operator.handlers.runtime import runtime
+from numail_operator.reconcile.drift import repair_child
+
+MANAGED = {LABEL_MANAGED_BY: "numail-operator"}
+CHILDREN = (
+    ("", "v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("", "v1", "resourcequotas"),
+    ("", "v1", "limitranges"),
+    ("apps", "v1", "deployments"),
+)
+
+
+def child_event(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
+    if event["type"] not in ("MODIFIED", "DELETED"):
+        return  # ADDED and the initial listing are the operator's own applies
+    rt = runtime()
+    done = repair_child(
+        dict(event["object"]), event["type"] == "DELETED", rt.clients, rt.applier, rt.settings
+    )
+    if done:
+        metrics.DRIFT_REPAIRS.labels(event["object"].get("kind", "")).inc()
+        logger.info(done)
+
+
+for _group, _version, _plural in CHILDREN:
+    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"drift-{_plural}")(child_event)
+
+
+@kopf.on.event(GROUP, VERSION, "mailboxes")
+def mailbox_event(event: kopf.RawEvent, **_: Any) -> None:
+    """A mailbox added or removed changes which Secrets the worker Roles may name."""
+    if event["type"] not in ("ADDED", "DELETED"):
+        return
+    rt = runtime()
+    namespace = event["object"]["metadata"].get("namespace", "")
+    workspace = k8s.namespace_workspace(rt.clients, namespace)
+    if workspace is None:
+        return
+    body = k8s.get_workspace(rt.clients, workspace)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    from numail_operator.reconcile.workspace import reconcile_workspace
+
+    result = reconcile_workspace(body, rt.clients, rt.applier, rt.providers, rt.settings)
+    if result.status is not None:
+        k8s.patch_status(rt.clients, "workspaces", workspace, result.status)
