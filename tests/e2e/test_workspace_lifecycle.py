@@ -166,6 +166,22 @@ def test_the_dek_is_stored_only_wrapped(tenants: dict[str, dict[str, Any]], k8s:
     assert wrapped.startswith(b"NMLK") and len(wrapped) > 32 + 16
 
 
+def test_creating_the_key_is_reported_as_an_event(
+    tenants: dict[str, dict[str, Any]], k8s: K8s
+) -> None:
+    def posted() -> list[Any]:
+        return [
+            e
+            for e in k8s.core.list_event_for_all_namespaces(
+                field_selector="involvedObject.name=acme-agency,involvedObject.kind=Workspace"
+            ).items
+            if e.reason == "DataKeyCreated"
+        ]
+
+    events = wait_for(posted, 30, "a DataKeyCreated Event")
+    assert events[0].type == "Normal" and "wrapped by local:k1" in events[0].message
+
+
 def sar(
     k8s: K8s,
     user: str,

@@ -23,9 +23,22 @@ CHILDREN = (
 )
 
 
+# uid -> generation last checked. A MODIFIED event that leaves the generation alone (a
+# Deployment's status, a ReplicaSet rollout) can't be drift in what the operator applies.
+_checked: dict[str, int] = {}
+
+
 def child_event(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
     if event["type"] not in ("MODIFIED", "DELETED"):
         return  # ADDED and the initial listing are the operator's own applies
+    meta = event["object"].get("metadata") or {}
+    uid, generation = meta.get("uid", ""), meta.get("generation")
+    if event["type"] == "DELETED":
+        _checked.pop(uid, None)
+    elif generation is not None:
+        if _checked.get(uid) == generation:
+            return
+        _checked[uid] = generation
     rt = runtime()
     done = repair_child(
         dict(event["object"]), event["type"] == "DELETED", rt.clients, rt.applier, rt.settings

@@ -18,7 +18,9 @@ def _check(body: kopf.Body) -> None:
     if status is not None:
         k8s.patch_status(rt.clients, "keyproviders", body["metadata"]["name"], status)
         if not status["healthy"]:
-            kopf.warn(body, reason="Unhealthy", message=status["conditions"][0]["message"])
+            kopf.event(
+                body, type="Warning", reason="Unhealthy", message=status["conditions"][0]["message"]
+            )
     metrics.RECONCILES.labels("KeyProvider", "ok").inc()
 
 

@@ -10,7 +10,7 @@ import kopf
 from numail.api import GROUP, VERSION
 from numail_operator import k8s, metrics
 from numail_operator.handlers.runtime import runtime
-from numail_operator.reconcile.workspace import finalize_workspace, reconcile_workspace
+from numail_operator.reconcile.workspace import Gathered, finalize_workspace, reconcile_workspace
 from numail_operator.settings import Settings
 
 _INTERVAL = float(Settings.from_env().reconcile_interval)
@@ -18,15 +18,41 @@ _INTERVAL = float(Settings.from_env().reconcile_interval)
 
 def _post(body: Any, events: list[tuple[str, str, str]]) -> None:
     for kind, reason, message in events:
-        (kopf.warn if kind == "Warning" else kopf.info)(body, reason=reason, message=message)
+        # kopf.event, not kopf.info: posting.level only silences kopf's own chatter.
+        kopf.event(body, type=kind, reason=reason, message=message)
 
 
-def _reconcile(body: kopf.Body) -> None:
+@kopf.index(GROUP, VERSION, "mailboxes")
+def mailboxes_by_namespace(namespace: str | None, name: str | None, **_: Any) -> dict[str, str]:
+    return {namespace or "": name or ""}
+
+
+@kopf.index(GROUP, VERSION, "keyproviders")
+def key_providers_by_name(name: str | None, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name or "": dict(body)}
+
+
+def _gathered(
+    body: kopf.Body, mailboxes: kopf.Index[str, str], providers: kopf.Index[str, Any]
+) -> Gathered:
+    """What the watches already know, so a reconcile doesn't re-read it from the apiserver."""
+    namespace = f"ws-{body['metadata']['name']}"
+    wanted = (body.get("spec") or {}).get("keyProvider") or "default"
+    found = list(providers.get(wanted, []))
+    return Gathered(
+        mailboxes=sorted(mailboxes.get(namespace, [])),
+        key_providers={wanted: found[-1] if found else None},
+    )
+
+
+def _reconcile(body: kopf.Body, gathered: Gathered | None = None) -> None:
     rt = runtime()
     started = time.monotonic()
     outcome = "error"
     try:
-        result = reconcile_workspace(dict(body), rt.clients, rt.applier, rt.providers, rt.settings)
+        result = reconcile_workspace(
+            dict(body), rt.clients, rt.applier, rt.providers, rt.settings, cache=gathered
+        )
         _post(body, result.events)
         name = body["metadata"]["name"]
         if result.status is not None:
@@ -49,13 +75,18 @@ def _reconcile(body: kopf.Body) -> None:
 @kopf.on.resume(GROUP, VERSION, "workspaces")
 @kopf.on.create(GROUP, VERSION, "workspaces")
 @kopf.on.update(GROUP, VERSION, "workspaces")
-def workspace_changed(body: kopf.Body, **_: Any) -> None:
-    _reconcile(body)
+def workspace_changed(
+    body: kopf.Body,
+    mailboxes_by_namespace: kopf.Index[str, str],
+    key_providers_by_name: kopf.Index[str, Any],
+    **_: Any,
+) -> None:
+    _reconcile(body, _gathered(body, mailboxes_by_namespace, key_providers_by_name))
 
 
 @kopf.timer(GROUP, VERSION, "workspaces", interval=_INTERVAL, initial_delay=_INTERVAL)
 def workspace_resync(body: kopf.Body, **_: Any) -> None:
-    _reconcile(body)
+    _reconcile(body)  # the periodic pass reads everything afresh, in case a watch missed it
 
 
 @kopf.on.delete(GROUP, VERSION, "workspaces")

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from numail import crypto
 from numail.api import DEK_SECRET
-from numail.keys import KeyContext, KeyProvider, KeyProviderError, build_provider
+from numail.keys import KeyContext, KeyProvider, KeyProviderError, build_provider, provider_names
+from numail.keys.registry import PLANNED
 from numail_operator import k8s
 from numail_operator.build.workspace import (
     SEALING_KEY_SECRET,
@@ -60,9 +61,12 @@ class ProviderDirectory:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[str, KeyProvider]] = {}
 
-    def get(self, name: str) -> KeyProvider:
-        cr = k8s.get_key_provider(self._clients, name)
-        if cr is None:
+    def get(self, name: str, cr: dict[str, Any] | None | object = ...) -> KeyProvider:
+        """`cr` is the KeyProvider object if the caller has it from a watch (None: known
+        absent); left out, it is read from the apiserver."""
+        if cr is ...:
+            cr = k8s.get_key_provider(self._clients, name)
+        if not isinstance(cr, dict):
             if name == "default":
                 return self._from_settings()
             raise KeyNotReady(
@@ -82,6 +86,12 @@ class ProviderDirectory:
     def build(self, cr: dict[str, Any]) -> KeyProvider:
         spec = cr.get("spec") or {}
         kind = str(spec.get("type", ""))
+        if kind in PLANNED:
+            raise KeyNotReady(
+                "NotSupported",
+                f"KeyProvider type {kind!r} is planned but not in this release; "
+                f"use one of {', '.join(provider_names())}",
+            )
         config = dict(spec.get(kind) or {})
         try:
             if kind == "local" and config.get("secretRef"):
@@ -133,7 +143,7 @@ def _context(inputs: WorkspaceInputs, version: int) -> KeyContext:
 
 
 def ensure_keys(
-    clients: k8s.Clients, provider: KeyProvider, inputs: WorkspaceInputs
+    clients: k8s.Clients, provider: KeyProvider, inputs: WorkspaceInputs, likely_new: bool = False
 ) -> WorkspaceKeys:
     try:
         health = provider.status()
@@ -141,16 +151,22 @@ def ensure_keys(
         raise KeyNotReady("KeyProviderUnhealthy", str(err)) from None
     if not health.healthy:
         raise KeyNotReady("KeyProviderUnhealthy", health.message or f"{provider.name} is unhealthy")
-    dek, key_id, created = _ensure_dek(clients, provider, inputs, health.key_id)
-    sealing = _ensure_sealing_key(clients, inputs, dek)
+    dek, key_id, created = _ensure_dek(clients, provider, inputs, health.key_id, likely_new)
+    sealing = _ensure_sealing_key(clients, inputs, dek, likely_new or created)
     return WorkspaceKeys(dek=dek, key_id=key_id, sealing_key=sealing, created=created)
 
 
 def _ensure_dek(
-    clients: k8s.Clients, provider: KeyProvider, inputs: WorkspaceInputs, key_id: str
+    clients: k8s.Clients,
+    provider: KeyProvider,
+    inputs: WorkspaceInputs,
+    key_id: str,
+    likely_new: bool,
 ) -> tuple[crypto.DataKey, str, bool]:
+    """Create-only. For a new workspace the POST goes first and a 409 falls back to reading;
+    otherwise the read goes first. Either way the apiserver, not this code, decides who wins."""
     created = False
-    secret = k8s.read_secret(clients, inputs.namespace, DEK_SECRET)
+    secret = None if likely_new else k8s.read_secret(clients, inputs.namespace, DEK_SECRET)
     if secret is None:
         dek = crypto.generate_dek(1)
         try:
@@ -192,10 +208,13 @@ def _sealing_context(inputs: WorkspaceInputs) -> crypto.SealContext:
 
 
 def _ensure_sealing_key(
-    clients: k8s.Clients, inputs: WorkspaceInputs, dek: crypto.DataKey
+    clients: k8s.Clients, inputs: WorkspaceInputs, dek: crypto.DataKey, likely_new: bool
 ) -> X25519PrivateKey:
-    for _ in range(2):
-        secret = k8s.read_secret(clients, inputs.namespace, SEALING_KEY_SECRET)
+    for attempt in range(2):
+        skip_read = likely_new and attempt == 0
+        secret = (
+            None if skip_read else k8s.read_secret(clients, inputs.namespace, SEALING_KEY_SECRET)
+        )
         if secret is not None:
             frame = base64.b64decode((secret.data or {}).get("private.sealed", ""))
             try:

@@ -36,6 +36,14 @@ from numail_operator.settings import Settings
 Manifest = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Gathered:
+    """Inputs already known from the operator's watches; None means ask the apiserver."""
+
+    mailboxes: list[str] | None = None
+    key_providers: dict[str, dict[str, Any] | None] | None = None
+
+
 @dataclass
 class Outcome:
     """What a reconcile did: the status to write (None if unchanged) and Events to post."""
@@ -114,7 +122,10 @@ def reconcile_workspace(
     providers: ProviderDirectory,
     settings: Settings,
     now: dt.datetime | None = None,
+    cache: Gathered | None = None,
 ) -> Outcome:
+    """`cache` carries what the handlers already hold from their watches (mailbox names,
+    KeyProvider objects), so a reconcile doesn't ask the apiserver again."""
     ws = parse_workspace(body)
     now = now or dt.datetime.now(dt.UTC)
     generation = int(ws.metadata.get("generation", 1))
@@ -137,7 +148,11 @@ def reconcile_workspace(
         return _outcome(status, conditions, changed or True, generation, events, retry_after=15)
 
     applier.apply(build_namespace(inputs))
-    mailboxes = k8s.list_mailbox_names(clients, inputs.namespace)
+    mailboxes = (
+        cache.mailboxes
+        if cache is not None and cache.mailboxes is not None
+        else k8s.list_mailbox_names(clients, inputs.namespace)
+    )
     inputs = inputs_for(ws, settings, mailboxes)
     condition(
         "NamespaceReady", True, "Applied", f"namespace {inputs.namespace} is labelled restricted"
@@ -145,8 +160,14 @@ def reconcile_workspace(
 
     keys: WorkspaceKeys | None = None
     try:
-        provider = providers.get(ws.spec.key_provider)
-        keys = ensure_keys(clients, provider, inputs)
+        if cache is not None and cache.key_providers is not None:
+            provider = providers.get(
+                ws.spec.key_provider, cache.key_providers.get(ws.spec.key_provider)
+            )
+        else:
+            provider = providers.get(ws.spec.key_provider)
+        # A workspace that never reported a key version is new: try to create its keys first.
+        keys = ensure_keys(clients, provider, inputs, likely_new=status.get("keyVersion") is None)
     except KeyNotReady as err:
         condition("KeyReady", False, err.reason, err.message)
         condition("Ready", False, "KeyNotReady", err.message)
