@@ -38,7 +38,7 @@ def child_event(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
     elif generation is not None:
         if _checked.get(uid) == generation:
             return
-        _checked[uid] = generation
+        _checked[uid] = int(str(generation))
     rt = runtime()
     done = repair_child(
         dict(event["object"]), event["type"] == "DELETED", rt.clients, rt.applier, rt.settings

@@ -75,13 +75,11 @@ def _reconcile(body: kopf.Body, gathered: Gathered | None = None) -> None:
 @kopf.on.resume(GROUP, VERSION, "workspaces")
 @kopf.on.create(GROUP, VERSION, "workspaces")
 @kopf.on.update(GROUP, VERSION, "workspaces")
-def workspace_changed(
-    body: kopf.Body,
-    mailboxes_by_namespace: kopf.Index[str, str],
-    key_providers_by_name: kopf.Index[str, Any],
-    **_: Any,
-) -> None:
-    _reconcile(body, _gathered(body, mailboxes_by_namespace, key_providers_by_name))
+def workspace_changed(body: kopf.Body, **kwargs: Any) -> None:
+    # Kopf passes each index by its function's name.
+    _reconcile(
+        body, _gathered(body, kwargs["mailboxes_by_namespace"], kwargs["key_providers_by_name"])
+    )
 
 
 @kopf.timer(GROUP, VERSION, "workspaces", interval=_INTERVAL, initial_delay=_INTERVAL)

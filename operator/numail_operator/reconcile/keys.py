@@ -61,7 +61,7 @@ class ProviderDirectory:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[str, KeyProvider]] = {}
 
-    def get(self, name: str, cr: dict[str, Any] | None | object = ...) -> KeyProvider:
+    def get(self, name: str, cr: object = ...) -> KeyProvider:
         """`cr` is the KeyProvider object if the caller has it from a watch (None: known
         absent); left out, it is read from the apiserver."""
         if cr is ...:
