@@ -12,12 +12,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from numail.keys.local import generate_keyring  # noqa: E402
 from tests.support.controlplane import start_controlplane  # noqa: E402
 from tests.support.postgres import start_postgres  # noqa: E402
 
 
-def kubectl(kubeconfig: Path, *args: str) -> None:
-    subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), *args], check=True)
+def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> None:
+    subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args], check=check, capture_output=not check
+    )
 
 
 def main() -> int:
@@ -29,33 +32,59 @@ def main() -> int:
     print(f"postgresql ready: {pg.dsn()}", flush=True)
     operator: subprocess.Popen[bytes] | None = None
     try:
-        crds = REPO / "crds"
-        if any(crds.glob("*.yaml")):
-            kubectl(cp.kubeconfig, "apply", "--server-side", "-f", str(crds))
-            kubectl(
-                cp.kubeconfig,
-                "wait",
-                "--for=condition=Established",
-                "crd",
-                "-l",
-                "app.kubernetes.io/part-of=numail",
-                "--timeout=60s",
+        kube = cp.kubeconfig
+        kubectl(kube, "apply", "--server-side", "-f", str(REPO / "crds"))
+        kubectl(
+            kube,
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "-l",
+            "app.kubernetes.io/part-of=numail",
+            "--timeout=60s",
+        )
+        keyring = dev_dir / "keyring"
+        if not keyring.exists():
+            keyring.write_text(generate_keyring())
+            keyring.chmod(0o600)
+        # The sample KeyProvider `default` reads its keyring from this Secret.
+        kubectl(kube, "create", "namespace", "numail-system", check=False)
+        kubectl(
+            kube,
+            "-n",
+            "numail-system",
+            "create",
+            "secret",
+            "generic",
+            "numail-local-keyring",
+            f"--from-file=keyring={keyring}",
+            check=False,
+        )
+        env = dict(
+            os.environ,
+            KUBECONFIG=str(kube),
+            NUMAIL_DATABASE_URL=pg.dsn(),
+            NUMAIL_LOCAL_KEYRING_FILE=str(keyring),
+            NUMAIL_METRICS_PORT=os.environ.get("NUMAIL_METRICS_PORT", "9090"),
+            NUMAIL_LIVENESS_PORT=os.environ.get("NUMAIL_LIVENESS_PORT", "8080"),
+        )
+        with (dev_dir / "operator.log").open("ab") as log:
+            operator = subprocess.Popen(
+                [sys.executable, "-m", "numail_operator"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
-        if (REPO / "operator" / "numail_operator" / "__main__.py").exists():
-            env = dict(
-                os.environ,
-                KUBECONFIG=str(cp.kubeconfig),
-                NUMAIL_DATABASE_URL=pg.dsn(),
-                NUMAIL_DEV="1",
-            )
-            operator = subprocess.Popen([sys.executable, "-m", "numail_operator"], env=env)
-        samples = crds / "samples"
-        if any(samples.glob("*.yaml")):
-            kubectl(cp.kubeconfig, "apply", "--server-side", "-f", str(samples))
+        print(f"operator started; log: {dev_dir / 'operator.log'}", flush=True)
+        samples = str(REPO / "crds" / "samples")
+        kubectl(kube, "apply", "--server-side", "-f", samples, check=False)
+        # Namespaced samples land once the operator has made their workspace's namespace.
+        kubectl(kube, "wait", "--for=condition=Ready", "workspaces", "--all", "--timeout=90s")
+        kubectl(kube, "apply", "--server-side", "-f", samples)
         print(
             "\nready. try:\n"
-            f"  export KUBECONFIG={cp.kubeconfig}\n"
-            "  kubectl get ns\n"
+            f"  export KUBECONFIG={kube}\n"
+            "  kubectl get workspaces\n"
             "  kubectl get numail -A\n"
             "press Ctrl-C to stop.",
             flush=True,
