@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from numail import crypto
+from numail import audit_cli, crypto
 from numail.api import GROUP, VERSION
 from numail.api.sealing import seal_credentials
 
@@ -109,12 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--key-id", default="k1", help="id of the first master key")
     gen.set_defaults(func=cmd_keys_generate_local)
 
-    try:
-        from numail import audit_cli
-    except ImportError:  # pragma: no cover - the audit commands ship with the db extra
-        pass
-    else:
-        audit_cli.register(sub)
+    audit_cli.register(sub)
     return parser
 
 

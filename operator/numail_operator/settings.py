@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from numail.providers.base import ProviderEndpoints
+
 
 class SettingsError(ValueError):
     """A NUMAIL_* variable is malformed; the message names it and the fix."""
@@ -38,6 +40,9 @@ class Settings:
         default=("numail-send-worker", "numail-reply-worker")
     )
     database_url: str | None = None
+    audit_spool_dir: str | None = None
+    audit_signing_key_file: str | None = None
+    audit_interval: int = 60
     # Operator
     system_namespace: str = "numail-system"
     keyservice_url: str = "https://numail-keyservice.numail-system.svc:8443"
@@ -51,6 +56,8 @@ class Settings:
     metrics_port: int = 9090
     liveness_port: int = 8080
     reconcile_interval: int = 300
+    # Mail providers (Mailbox verification and revocation); tests point these at local servers.
+    mail_providers: ProviderEndpoints = field(default_factory=ProviderEndpoints)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,10 +76,35 @@ class Settings:
             local_keyring_file=e.get("NUMAIL_LOCAL_KEYRING_FILE") or None,
             worker_service_accounts=accounts or ("numail-send-worker", "numail-reply-worker"),
             database_url=e.get("NUMAIL_DATABASE_URL") or None,
+            audit_spool_dir=e.get("NUMAIL_AUDIT_SPOOL_DIR") or None,
+            audit_signing_key_file=e.get("NUMAIL_AUDIT_SIGNING_KEY_FILE") or None,
+            audit_interval=_int(e, "NUMAIL_AUDIT_INTERVAL", cls.audit_interval),
             system_namespace=e.get("NUMAIL_SYSTEM_NAMESPACE", cls.system_namespace),
             keyservice_url=e.get("NUMAIL_KEYSERVICE_URL", cls.keyservice_url),
             worker_image=e.get("NUMAIL_WORKER_IMAGE", cls.worker_image),
             metrics_port=_int(e, "NUMAIL_METRICS_PORT", cls.metrics_port),
             liveness_port=_int(e, "NUMAIL_LIVENESS_PORT", cls.liveness_port),
             reconcile_interval=_int(e, "NUMAIL_RECONCILE_INTERVAL", cls.reconcile_interval),
+            mail_providers=_provider_endpoints(e),
         )
+
+
+# --- mail providers (Mailbox) ------------------------------------------------------------------
+
+
+def _provider_endpoints(env: Mapping[str, str]) -> ProviderEndpoints:
+    """NUMAIL_GOOGLE_TOKEN_URI, NUMAIL_GOOGLE_REVOKE_URI, NUMAIL_MICROSOFT_AUTHORITY_HOST,
+    NUMAIL_GRAPH_URL, NUMAIL_PROVIDER_CA_FILE (CA bundle for those HTTPS endpoints, winning over
+    REQUESTS_CA_BUNDLE), NUMAIL_MAIL_CA_FILE (extra CAs for SMTP and IMAP servers) and
+    NUMAIL_PROVIDER_TIMEOUT (seconds)."""
+    default = ProviderEndpoints()
+    return ProviderEndpoints(
+        google_token_uri=env.get("NUMAIL_GOOGLE_TOKEN_URI") or default.google_token_uri,
+        google_revoke_uri=env.get("NUMAIL_GOOGLE_REVOKE_URI") or default.google_revoke_uri,
+        microsoft_authority_host=env.get("NUMAIL_MICROSOFT_AUTHORITY_HOST")
+        or default.microsoft_authority_host,
+        graph_url=env.get("NUMAIL_GRAPH_URL") or default.graph_url,
+        https_ca_file=env.get("NUMAIL_PROVIDER_CA_FILE") or None,
+        mail_ca_file=env.get("NUMAIL_MAIL_CA_FILE") or None,
+        timeout=float(_int(env, "NUMAIL_PROVIDER_TIMEOUT", int(default.timeout))),
+    )

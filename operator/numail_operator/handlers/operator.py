@@ -12,6 +12,7 @@ from numail.api import FINALIZER
 from numail.redact import install_redaction
 from numail_operator.build.roles import build_member_cluster_roles
 from numail_operator.handlers.runtime import runtime
+from numail_operator.reconcile import audit_upkeep
 
 
 @kopf.on.startup()
@@ -42,4 +43,13 @@ def configure(
         start_http_server(rt.settings.metrics_port)
     for manifest in build_member_cluster_roles():
         rt.applier.apply(manifest)
+    if rt.settings.database_url:
+        applied = audit_upkeep.migrate_database(rt.settings)
+        logger.info(f"database schema current ({len(applied)} migrations applied now)")
+        audit_upkeep.start(rt.settings)
     logger.info("numail-operator started; member ClusterRoles applied")
+
+
+@kopf.on.cleanup()
+def stop_upkeep(**_: Any) -> None:
+    audit_upkeep.stop()

@@ -90,5 +90,5 @@ def workspace_resync(body: kopf.Body, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, "workspaces")
 def workspace_deleted(body: kopf.Body, **_: Any) -> None:
     rt = runtime()
-    _post(body, finalize_workspace(dict(body), rt.clients))
+    _post(body, finalize_workspace(dict(body), rt.clients, rt.settings))
     metrics.record_workspace_ready(body["metadata"]["name"], None)

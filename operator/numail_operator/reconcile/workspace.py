@@ -25,6 +25,7 @@ from numail_operator.build.workspace import (
     build_namespace,
     build_workspace_children,
 )
+from numail_operator.reconcile import records
 from numail_operator.reconcile.keys import (
     KeyNotReady,
     ProviderDirectory,
@@ -142,7 +143,7 @@ def reconcile_workspace(
         changed = changed or did
 
     inputs = inputs_for(ws, settings, [])
-    parent_problem = _parent_problem(clients, ws)
+    parent_problem, parent_uid = _parent(clients, ws)
     if parent_problem:
         condition("Ready", False, "ParentNotReady", parent_problem)
         return _outcome(status, conditions, changed or True, generation, events, retry_after=15)
@@ -174,7 +175,23 @@ def reconcile_workspace(
         events.append(("Warning", err.reason, err.message))
         new_status = _outcome(status, conditions, True, generation, events, retry_after=10)
         return new_status
+    records.register(settings, inputs.uid, inputs.name, parent_uid, ws.spec.parent_access)
     if keys.created:
+        target = f"workspace/{inputs.name}"
+        records.record(
+            settings,
+            "workspace.created",
+            inputs.uid,
+            target,
+            {"tier": ws.spec.tier, "parent": ws.spec.parent or ""},
+        )
+        records.record(
+            settings,
+            "key.created",
+            inputs.uid,
+            target,
+            {"keyVersion": keys.dek.version, "keyId": keys.key_id},
+        )
         events.append(
             (
                 "Normal",
@@ -221,16 +238,17 @@ def reconcile_workspace(
     return outcome
 
 
-def _parent_problem(clients: k8s.Clients, ws: Workspace) -> str | None:
+def _parent(clients: k8s.Clients, ws: Workspace) -> tuple[str | None, str | None]:
+    """(problem, parent UID): a sub-workspace waits until its parent exists and is an agency."""
     parent = ws.spec.parent
     if not parent:
-        return None
+        return None, None
     found = k8s.get_workspace(clients, parent)
     if found is None:
-        return f"parent Workspace {parent!r} does not exist; create it or fix spec.parent"
+        return f"parent Workspace {parent!r} does not exist; create it or fix spec.parent", None
     if (found.get("spec") or {}).get("tier") != "agency":
-        return f"parent Workspace {parent!r} is not an agency (spec.tier: agency)"
-    return None
+        return f"parent Workspace {parent!r} is not an agency (spec.tier: agency)", None
+    return None, str(found["metadata"]["uid"])
 
 
 def _outcome(
@@ -253,13 +271,23 @@ def _outcome(
 # --- deletion ------------------------------------------------------------------------------
 
 
-def finalize_workspace(body: dict[str, Any], clients: k8s.Clients) -> list[tuple[str, str, str]]:
+def finalize_workspace(
+    body: dict[str, Any], clients: k8s.Clients, settings: Settings | None = None
+) -> list[tuple[str, str, str]]:
     """Shred: destroy the wrapped DEK first (crypto-shredding every credential sealed under
     it, and every backup of them), then delete the namespace. Retain: touch nothing."""
     ws = parse_workspace(body)
     name = ws.metadata["name"]
     namespace = f"ws-{name}"
     if ws.spec.deletion_policy == "Retain":
+        if settings is not None:
+            records.record(
+                settings,
+                "workspace.deleted",
+                ws.metadata["uid"],
+                f"workspace/{name}",
+                {"deletionPolicy": "Retain", "dataKeyDestroyed": False},
+            )
         return [
             (
                 "Normal",
@@ -271,6 +299,14 @@ def finalize_workspace(body: dict[str, Any], clients: k8s.Clients) -> list[tuple
     from numail_operator.build.workspace import SEALING_KEY_SECRET
 
     shredded = k8s.delete_secret(clients, namespace, DEK_SECRET)
+    if settings is not None:
+        records.record(
+            settings,
+            "workspace.deleted",
+            ws.metadata["uid"],
+            f"workspace/{name}",
+            {"deletionPolicy": "Shred", "dataKeyDestroyed": shredded},
+        )
     k8s.delete_secret(clients, namespace, SEALING_KEY_SECRET)
     k8s.delete_namespace(clients, namespace)
     return [
