@@ -1,4 +1,4 @@
-"""The operator's evidence: workspace registry rows, audit events and signed digests in PostgreSQL."""
+"""Operator evidence: the workspace registry, audit events and signed digests in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def ready(k8s: K8s, name: str) -> dict[str, Any] | None:
 def test_workspace_lifecycle_is_registered_audited_and_signed(
     audited_operator: tuple[OperatorProcess, str, Path], k8s: K8s
 ) -> None:
-    op, dsn, public_key = audited_operator
+    _, dsn, public_key = audited_operator
     for name, spec in (
         ("audit-agency", {"tier": "agency"}),
         ("audit-child", {"parent": "audit-agency", "parentAccess": "read"}),
