@@ -227,3 +227,110 @@ def patch_status(
     except ApiException as err:
         if err.status != 404:  # deleted meanwhile: nothing to report on
             raise
+
+
+# --- Mailboxes: intake and sealed credential Secrets, and the reads the reconciler needs -------
+
+
+def get_mailbox(clients: Clients, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = clients.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "mailboxes", name
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return dict(obj)
+
+
+def list_mailboxes(clients: Clients, namespace: str) -> list[dict[str, Any]]:
+    try:
+        items = clients.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "mailboxes")
+    except ApiException as err:
+        if err.status == 404:
+            return []
+        raise
+    return [dict(i) for i in items.get("items", [])]
+
+
+def namespace_labels(clients: Clients, namespace: str) -> dict[str, str] | None:
+    """The namespace's labels, or None if it does not exist."""
+    try:
+        ns = clients.core.read_namespace(namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return {str(k): str(v) for k, v in (ns.metadata.labels or {}).items()}
+
+
+def write_secret(clients: Clients, manifest: dict[str, Any]) -> bool:
+    """Create the Secret, or replace the one of that name whole. True if this call created it.
+
+    The replace carries the resourceVersion just read, so two writers can't silently overwrite
+    each other: the loser gets a 409 and reconciles again."""
+    namespace = manifest["metadata"]["namespace"]
+    name = manifest["metadata"]["name"]
+    try:
+        clients.core.create_namespaced_secret(namespace, manifest)
+        return True
+    except ApiException as err:
+        if err.status != 409:
+            raise
+    current = clients.core.read_namespaced_secret(name, namespace)
+    body = {
+        **manifest,
+        "metadata": {**manifest["metadata"], "resourceVersion": current.metadata.resource_version},
+    }
+    clients.core.replace_namespaced_secret(name, namespace, body)
+    return False
+
+
+def annotate_secret(
+    clients: Clients, namespace: str, name: str, annotations: dict[str, str | None]
+) -> bool:
+    """Merge annotations (None removes one); False if the Secret is gone."""
+    try:
+        clients.core.patch_namespaced_secret(
+            name, namespace, {"metadata": {"annotations": annotations}}
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
+def delete_secret_if_unchanged(
+    clients: Clients, namespace: str, name: str, uid: str, resource_version: str
+) -> str:
+    """Delete only the version that was read: "deleted", "gone", or "changed" when someone
+    wrote a newer one meanwhile (a rotation that must not be lost)."""
+    options = client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(uid=uid, resource_version=resource_version)
+    )
+    try:
+        clients.core.delete_namespaced_secret(name, namespace, body=options)
+    except ApiException as err:
+        if err.status == 404:
+            return "gone"
+        if err.status == 409:
+            return "changed"
+        raise
+    return "deleted"
+
+
+def annotate_mailbox(
+    clients: Clients, namespace: str, name: str, annotations: dict[str, str | None]
+) -> bool:
+    """Merge annotations into a Mailbox (None removes one); False if it is gone."""
+    try:
+        clients.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "mailboxes", name, {"metadata": {"annotations": annotations}}
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True

@@ -23,3 +23,8 @@ def operator(
         yield op
     finally:
         op.stop()
+
+
+# --- Mailbox fixtures (tests/e2e/mailbox_fixtures.py) ------------------------------------------
+# Imported so pytest registers them for every e2e module.
+from tests.e2e.mailbox_fixtures import mailbox_operator, provider_stubs  # noqa: E402, F401

@@ -238,3 +238,61 @@ def _ensure_sealing_key(
         if k8s.create_secret_once(clients, manifest):
             return key
     raise KeyNotReady("SealingKeyMissing", "the sealing key Secret could not be created or read")
+
+
+# --- read-only access for Mailboxes ---------------------------------------------------------
+
+
+def load_dek(
+    clients: k8s.Clients, provider: KeyProvider, workspace: str, workspace_uid: str
+) -> tuple[crypto.DataKey, str]:
+    """The workspace's current DEK and the id of the master key that wraps it; read, never made.
+
+    A Mailbox must not make keys: only the Workspace reconciler does, once. Anything missing is
+    KeyNotReady, which the mailbox reports as WorkspaceNotReady and retries.
+    """
+    namespace = f"ws-{workspace}"
+    secret = k8s.read_secret(clients, namespace, DEK_SECRET)
+    if secret is None:
+        raise KeyNotReady("DataKeyMissing", f"Secret {namespace}/{DEK_SECRET} does not exist")
+    annotations = secret.metadata.annotations or {}
+    if annotations.get("numail.ai/workspace-uid") != workspace_uid:
+        raise KeyNotReady(
+            "ForeignDataKey",
+            f"Secret {namespace}/{DEK_SECRET} belongs to another Workspace of this name",
+        )
+    version = int(annotations.get("numail.ai/current-key-version", "1"))
+    wrapped_b64 = (secret.data or {}).get(f"v{version}")
+    if not wrapped_b64:
+        raise KeyNotReady("DataKeyMissing", f"Secret {DEK_SECRET} has no entry v{version}")
+    context = KeyContext(workspace_uid=workspace_uid, workspace=workspace, key_version=version)
+    try:
+        raw = provider.unwrap(base64.b64decode(wrapped_b64), context)
+    except KeyProviderError as err:
+        raise KeyNotReady("UnwrapFailed", str(err)) from None
+    return crypto.DataKey(version, raw), annotations.get("numail.ai/key-id", "")
+
+
+def load_keys(
+    clients: k8s.Clients, provider: KeyProvider, workspace: str, workspace_uid: str
+) -> WorkspaceKeys:
+    """The DEK and the sealing key pair, for opening `numail seal` blobs; read, never made."""
+    dek, key_id = load_dek(clients, provider, workspace, workspace_uid)
+    namespace = f"ws-{workspace}"
+    sealed = k8s.read_secret(clients, namespace, SEALING_KEY_SECRET)
+    if sealed is None:
+        raise KeyNotReady(
+            "SealingKeyMissing", f"Secret {namespace}/{SEALING_KEY_SECRET} does not exist"
+        )
+    frame = base64.b64decode((sealed.data or {}).get("private.sealed", ""))
+    context = crypto.SealContext(workspace_uid, f"workspace/{workspace}", SEALING_KEY_PURPOSE)
+    try:
+        private = crypto.open(dek, frame, context)
+    except crypto.CryptoError as err:
+        raise KeyNotReady("SealingKeyUnreadable", f"sealing key: {err}") from None
+    return WorkspaceKeys(
+        dek=dek,
+        key_id=key_id,
+        sealing_key=X25519PrivateKey.from_private_bytes(private),
+        created=False,
+    )
