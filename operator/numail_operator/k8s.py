@@ -334,3 +334,11 @@ def annotate_mailbox(
             return False
         raise
     return True
+
+
+def delete_mailbox(clients: Clients, namespace: str, name: str) -> None:
+    try:
+        clients.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "mailboxes", name)
+    except ApiException as err:
+        if err.status != 404:
+            raise

@@ -45,7 +45,7 @@ from tests.e2e.mailbox_fixtures import (
 from tests.support.mail import SmtpServer
 from tests.support.oauth import GMAIL_SCOPES
 from tests.support.postgres import free_port
-from tests.support.waiting import condition, wait_for
+from tests.support.waiting import absent, condition, wait_for
 
 WS, OTHER = "mbx-alpha", "mbx-beta"
 NS, OTHER_NS = f"ws-{WS}", f"ws-{OTHER}"
@@ -489,3 +489,27 @@ def test_no_secret_appears_in_the_log_events_or_status(
     assert sum(1 for p in places if p.startswith("Event")) >= 10
     leaks = [(where, c[:24]) for where, text in places.items() for c in canaries if c in text]
     assert not leaks, f"secrets leaked: {leaks}"
+
+
+def test_deleting_a_workspace_revokes_its_mailboxes_before_shredding(env: Env, k8s: K8s) -> None:
+    """The Workspace finalizer waits for each Mailbox to revoke its grant; only then is the DEK
+    destroyed. In the other order the credentials needed to revoke would already be gone."""
+    stubs = env.stubs
+    ws = "mbx-shred"
+    create_workspaces(k8s, [ws], stubs)
+    secret = canary("shred-gmail")
+    stubs.canaries.add(secret)
+    stubs.google.add_grant(secret, GOOGLE_CLIENT_ID, stubs.google_client_secret)
+    create_intake(k8s, f"ws-{ws}", "g-intake", token_document(secret))
+    create_mailbox(k8s, f"ws-{ws}", "g", oauth_spec("gmail"), {"secretRef": {"name": "g-intake"}})
+    wait_condition(k8s, f"ws-{ws}", "g", "Ready", "True")
+    before = list(stubs.google.revocations)
+
+    k8s.custom.delete_cluster_custom_object(G, V, "workspaces", ws)
+    wait_for(
+        lambda: absent(lambda: k8s.custom.get_cluster_custom_object(G, V, "workspaces", ws)),
+        120,
+        "workspace gone",
+    )
+    assert stubs.google.revocations[len(before) :] == [secret]
+    assert stubs.google.grants[secret].revoked

@@ -10,7 +10,12 @@ import kopf
 from numail.api import GROUP, VERSION
 from numail_operator import k8s, metrics
 from numail_operator.handlers.runtime import runtime
-from numail_operator.reconcile.workspace import Gathered, finalize_workspace, reconcile_workspace
+from numail_operator.reconcile.workspace import (
+    Gathered,
+    MailboxesRemain,
+    finalize_workspace,
+    reconcile_workspace,
+)
 from numail_operator.settings import Settings
 
 _INTERVAL = float(Settings.from_env().reconcile_interval)
@@ -90,5 +95,8 @@ def workspace_resync(body: kopf.Body, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, "workspaces")
 def workspace_deleted(body: kopf.Body, **_: Any) -> None:
     rt = runtime()
-    _post(body, finalize_workspace(dict(body), rt.clients, rt.settings))
+    try:
+        _post(body, finalize_workspace(dict(body), rt.clients, rt.settings))
+    except MailboxesRemain as waiting:
+        raise kopf.TemporaryError(str(waiting), delay=3) from None
     metrics.record_workspace_ready(body["metadata"]["name"], None)

@@ -37,6 +37,10 @@ from numail_operator.settings import Settings
 Manifest = dict[str, Any]
 
 
+class MailboxesRemain(Exception):
+    """Deletion waits until every Mailbox has revoked its grant and gone."""
+
+
 @dataclass(frozen=True)
 class Gathered:
     """Inputs already known from the operator's watches; None means ask the apiserver."""
@@ -297,6 +301,17 @@ def finalize_workspace(
         ]
     from numail.api import DEK_SECRET
     from numail_operator.build.workspace import SEALING_KEY_SECRET
+
+    # Mailboxes go first: their finalizers revoke each grant at the provider, which needs the
+    # credentials, which need the DEK. Shredding first would strand live grants.
+    remaining = k8s.list_mailboxes(clients, namespace)
+    if remaining:
+        for mbx in remaining:
+            if not mbx["metadata"].get("deletionTimestamp"):
+                k8s.delete_mailbox(clients, namespace, mbx["metadata"]["name"])
+        raise MailboxesRemain(
+            f"waiting for {len(remaining)} Mailbox(es) in {namespace} to revoke their grants"
+        )
 
     shredded = k8s.delete_secret(clients, namespace, DEK_SECRET)
     if settings is not None:
