@@ -24,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from numail.api import KEYSERVICE_AUDIENCE
-from numail.keys import KeyContext, KeyProvider, ProviderUnavailable, UnwrapRefused, build_provider
+from numail.keys import KeyContext, KeyProvider, ProviderUnavailable, UnwrapRefused
 from numail.redact import install_redaction
 from numail_operator import k8s
 from numail_operator.settings import Settings
@@ -203,16 +203,18 @@ def create_app(
     return app
 
 
-def settings_provider_for(settings: Settings) -> ProviderFor:
-    """Providers from settings, until KeyProvider CRs name them (the workspace operator does)."""
-    cache: dict[str, KeyProvider] = {}
+def directory_provider_for(clients: k8s.Clients, settings: Settings) -> ProviderFor:
+    """The provider the Workspace names, resolved exactly as the operator resolves it (its
+    KeyProvider CR, or the settings default for "default"), so both unwrap with one KEK."""
+    from numail_operator.reconcile.keys import KeyNotReady, ProviderDirectory
+
+    directory = ProviderDirectory(clients, settings)
 
     def provider_for(name: str) -> KeyProvider:
-        if name not in cache:
-            cache[name] = build_provider(
-                settings.key_provider, {"keyFile": settings.local_keyring_file}
-            )
-        return cache[name]
+        try:
+            return directory.get(name)
+        except KeyNotReady as err:
+            raise ProviderUnavailable(err.message) from None
 
     return provider_for
 
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     clients = k8s.load_clients(settings.kubeconfig)
     app = create_app(
         kubernetes_authenticator(clients, settings.worker_service_accounts),
-        settings_provider_for(settings),
+        directory_provider_for(clients, settings),
         settings.keyservice_dek_ttl,
     )
     web.run_app(

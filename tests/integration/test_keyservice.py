@@ -85,7 +85,9 @@ class KeyService:
             return resp.read().decode()
 
 
-def _make_tenant(k8s: K8s, provider: LocalKeyProvider, name: str) -> Tenant:
+def _make_tenant(
+    k8s: K8s, provider: LocalKeyProvider, name: str, key_provider: str = "default"
+) -> Tenant:
     ws = k8s.custom.create_cluster_custom_object(
         "numail.ai",
         "v1alpha1",
@@ -94,7 +96,7 @@ def _make_tenant(k8s: K8s, provider: LocalKeyProvider, name: str) -> Tenant:
             "apiVersion": "numail.ai/v1alpha1",
             "kind": "Workspace",
             "metadata": {"name": name},
-            "spec": {"tier": "standard"},
+            "spec": {"tier": "standard", "keyProvider": key_provider},
         },
     )
     ns = f"ws-{name}"
@@ -114,6 +116,14 @@ def _make_tenant(k8s: K8s, provider: LocalKeyProvider, name: str) -> Tenant:
     return Tenant(name=name, uid=uid, namespace=ns, dek=dek.key, wrapped=wrapped)
 
 
+def ensure_ns(k8s: K8s, name: str) -> None:
+    try:
+        k8s.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    except client.exceptions.ApiException as err:
+        if err.status != 409:
+            raise
+
+
 @pytest.fixture(scope="module")
 def keyservice(
     controlplane: ControlPlane,
@@ -127,6 +137,39 @@ def keyservice(
     provider = LocalKeyProvider.from_file(keyring)
     suffix = uuid.uuid4().hex[:6]
     tenants = {t: _make_tenant(k8s, provider, f"ks-{t}-{suffix}") for t in ("a", "b")}
+    # Tenant "c" names its own KeyProvider CR, whose keyring lives in a Secret: the key service
+    # must resolve it as the operator does, not fall back to its default keyring.
+    own_ring = generate_keyring()
+    ensure_ns(k8s, "numail-system")
+    k8s.core.create_namespaced_secret(
+        "numail-system",
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=f"ks-ring-{suffix}"),
+            string_data={"keyring": own_ring},
+        ),
+    )
+    k8s.custom.create_cluster_custom_object(
+        "numail.ai",
+        "v1alpha1",
+        "keyproviders",
+        {
+            "apiVersion": "numail.ai/v1alpha1",
+            "kind": "KeyProvider",
+            "metadata": {"name": f"ks-kp-{suffix}"},
+            "spec": {
+                "type": "local",
+                "local": {"secretRef": {"name": f"ks-ring-{suffix}", "namespace": "numail-system"}},
+            },
+        },
+    )
+    from numail.keys.local import parse_keyring
+
+    tenants["c"] = _make_tenant(
+        k8s,
+        LocalKeyProvider(parse_keyring(own_ring, "t")),
+        f"ks-c-{suffix}",
+        key_provider=f"ks-kp-{suffix}",
+    )
     certs = make_serving_cert(tmp / "tls")
     port = free_port()
     log = tmp / "keyservice.log"
@@ -169,6 +212,15 @@ def test_a_workspace_worker_unwraps_its_own_dek(keyservice: KeyService) -> None:
         assert status == 200, body
         assert base64.b64decode(str(body["dek"])) == keyservice.tenants["a"].dek
         assert body["keyVersion"] == 1
+
+
+def test_a_workspace_with_its_own_key_provider_unwraps_through_it(keyservice: KeyService) -> None:
+    status, body = keyservice.post(keyservice.body("c"), keyservice.token("c"))
+    assert status == 200, body
+    assert base64.b64decode(str(body["dek"])) == keyservice.tenants["c"].dek
+    # ...and the default keyring can't stand in for it.
+    status, _ = keyservice.post(keyservice.body("a"), keyservice.token("c"))
+    assert status == 403
 
 
 def test_another_workspaces_dek_is_refused_with_403(keyservice: KeyService) -> None:
