@@ -10,6 +10,13 @@ CP_SRC := $(sort $(wildcard hack/controlplane/*.go) hack/controlplane/go.mod hac
 CP_HASH := $(shell cat $(CP_SRC) | sha256sum | cut -c1-16)
 CP_BIN := $(NUMAIL_CACHE)/bin/numail-controlplane-$(CP_HASH)
 DEV_DIR ?= $(NUMAIL_CACHE)/dev
+HELM_VERSION := v3.22.0
+HELM_BIN := $(NUMAIL_CACHE)/bin/helm-$(HELM_VERSION)
+# What helm's own release build sets: its version, and the Kubernetes version `helm template`
+# assumes (that of its client-go, v0.37), which `go install` alone leaves at 1.20.
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach p,pkg/chartutil pkg/lint/rules,-X helm.sh/helm/v3/$(p).k8sVersionMajor=1 \
+	-X helm.sh/helm/v3/$(p).k8sVersionMinor=37)
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -28,12 +35,35 @@ $(CP_BIN): $(CP_SRC)
 controlplane-path:
 	@echo $(CP_BIN)
 
+.PHONY: helm
+helm: $(HELM_BIN) ## build helm from the Go module proxy (cached)
+
+$(HELM_BIN):
+	@mkdir -p $(dir $@)
+	@echo "building $@ from the Go module proxy"
+	GOBIN=$(dir $@).helm-$(HELM_VERSION).tmp go install -trimpath -ldflags "$(HELM_LDFLAGS)" \
+		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(dir $@).helm-$(HELM_VERSION).tmp/helm $@ && rmdir $(dir $@).helm-$(HELM_VERSION).tmp
+
+.PHONY: helm-path
+helm-path:
+	@echo $(HELM_BIN)
+
+.PHONY: chart-crds
+chart-crds: ## copy crds/ into the chart (byte for byte) and regenerate its member ClusterRoles
+	$(PYTHON) -m tests.support.helm sync-crds
+
+.PHONY: deploy-manifest
+deploy-manifest: helm chart-crds ## render deploy/{crds,numail-operator}.yaml from the chart's defaults
+	$(PYTHON) -m tests.support.helm deploy-manifest --helm $(HELM_BIN)
+
 .PHONY: lint
-lint: ## ruff, mypy --strict and import-linter
+lint: ## ruff, mypy --strict, import-linter and hadolint
 	ruff check .
 	ruff format --check .
 	mypy
 	lint-imports
+	hadolint Dockerfile
 
 .PHONY: test
 test: controlplane lint ## lint, then every test tier but chaos

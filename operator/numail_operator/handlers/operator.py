@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import kopf
@@ -30,6 +31,8 @@ def configure(
     settings.peering.name = "numail-operator"
     settings.peering.mandatory = False  # falls back to standalone when the peering CRD is absent
     settings.peering.clusterwide = True
+    # Equal priorities make every replica pause; a random one elects a single active operator.
+    settings.peering.priority = random.SystemRandom().randint(1, 2**31 - 1)
     # Without these a watch can hang silently forever (kopf issues #585 and #955).
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
