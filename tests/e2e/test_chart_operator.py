@@ -134,7 +134,7 @@ def get_ws(k8s: K8s, name: str) -> dict[str, Any] | None:
         raise
 
 
-def wait_ready(k8s: K8s, name: str, timeout: float = 60) -> dict[str, Any]:
+def wait_ready(k8s: K8s, name: str, timeout: float = 120) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         ws = get_ws(k8s, name)
         c = condition(ws, "Ready")
@@ -207,7 +207,7 @@ def test_workspaces_reconcile_to_ready_with_only_the_charts_rbac(
         kp = admin.custom.get_cluster_custom_object(G, V, "keyproviders", "default")
         return bool((kp.get("status") or {}).get("healthy"))
 
-    wait_for(healthy, 30, "KeyProvider default healthy")  # read the keyring Secret by name
+    wait_for(healthy, 60, "KeyProvider default healthy")  # read the keyring Secret by name
     wait_for(
         lambda: any(
             e.reason == "DataKeyCreated" for e in admin.core.list_namespaced_event("default").items
@@ -231,7 +231,7 @@ def test_a_hand_deleted_child_is_repaired(
             return False
         return True
 
-    wait_for(restored, 30, "the worker Role to be re-created")
+    wait_for(restored, 60, "the worker Role to be re-created")
 
 
 def test_operator_metrics_expose_the_documented_series(
@@ -241,7 +241,7 @@ def test_operator_metrics_expose_the_documented_series(
         text = operator.metrics()
         return text if 'numail_drift_repairs_total{kind="Role"}' in text else None
 
-    text = wait_for(scraped, 30, "the drift repair to be counted")
+    text = wait_for(scraped, 60, "the drift repair to be counted")
     assert re.search(r'numail_reconciles_total\{kind="Workspace",outcome="ok"\} [1-9]', text)
     assert re.search(r'numail_reconciles_total\{kind="KeyProvider",outcome="ok"\} [1-9]', text)
     assert 'numail_reconcile_seconds_bucket{kind="Workspace",le="+Inf"}' in text
@@ -684,7 +684,7 @@ def test_deleting_a_workspace_shreds_its_keys_under_the_policy(
 ) -> None:
     admin = installed.admin
     admin.custom.delete_cluster_custom_object(G, V, "workspaces", CLIENT)
-    wait_for(lambda: get_ws(admin, CLIENT) is None, 30, "the Workspace's finalizer to finish")
+    wait_for(lambda: get_ws(admin, CLIENT) is None, 90, "the Workspace's finalizer to finish")
     assert absent(lambda: admin.core.read_namespaced_secret("numail-dek", f"ws-{CLIENT}"))
 
     def terminating() -> bool:
@@ -694,7 +694,7 @@ def test_deleting_a_workspace_shreds_its_keys_under_the_policy(
             return err.status == 404
         return ns.status.phase == "Terminating"
 
-    wait_for(terminating, 20, "the workspace namespace to be deleted")
+    wait_for(terminating, 60, "the workspace namespace to be deleted")
     assert refusals(operator.log) == []
 
 
