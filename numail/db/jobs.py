@@ -180,7 +180,7 @@ def claim(
     with workspace_session(conn, workspace_id):
         rows = conn.execute(
             "SELECT * FROM numail_claim_send_jobs(%s, %s, %s, %s)",
-            [owner, limit, lease_seconds, settle_delay_seconds],
+            [owner, limit, float(lease_seconds), float(settle_delay_seconds)],
         ).fetchall()
     return [
         ClaimedJob(
@@ -222,7 +222,8 @@ def start_attempts(
         return Started({}, [])
     with workspace_session(conn, workspace_id):
         rows = conn.execute(
-            "SELECT * FROM numail_start_send_attempts(%s, %s, %s)", [owner, ids, lease_seconds]
+            "SELECT * FROM numail_start_send_attempts(%s, %s::uuid[], %s)",
+            [owner, ids, float(lease_seconds)],
         ).fetchall()
     attempts = {UUID(str(r[0])): int(r[1]) for r in rows if r[2] == "sending"}
     suppressed = [UUID(str(r[0])) for r in rows if r[2] == "suppressed"]
@@ -253,12 +254,13 @@ def finish(
         return {}
     with workspace_session(conn, workspace_id):
         rows = conn.execute(
-            "SELECT * FROM numail_finish_send_jobs(%s, %s, %s, %s, %s, %s, %s, %s)",
+            "SELECT * FROM numail_finish_send_jobs(%s, %s::uuid[], %s::text[], %s::float8[], "
+            "%s::integer[], %s::text[], %s::text[], %s::boolean[])",
             [
                 owner,
                 [o.job_id for o in outcomes],
                 [o.kind for o in outcomes],
-                [o.delay_seconds for o in outcomes],
+                [float(o.delay_seconds) for o in outcomes],
                 [o.reply_code for o in outcomes],
                 [o.detail for o in outcomes],
                 [o.provider_message_id for o in outcomes],
@@ -283,9 +285,9 @@ def heartbeat(
     with workspace_session(conn, workspace_id):
         cur = conn.execute(
             "UPDATE send_jobs SET lease_until = now() + make_interval(secs => %s) "
-            "WHERE workspace_id = %s AND id = ANY(%s) AND lease_owner = %s "
+            "WHERE id = ANY(%s) AND lease_owner = %s "
             "AND state IN ('claimed', 'sending', 'unknown')",
-            [lease_seconds, UUID(str(workspace_id)), ids, owner],
+            [float(lease_seconds), ids, owner],
         )
         return cur.rowcount
 
@@ -312,3 +314,33 @@ def next_due(conn: psycopg.Connection[Any], workspace_id: UUID | str) -> datetim
             [UUID(str(workspace_id))],
         ).fetchone()
     return None if row is None else row[0]
+
+
+@dataclass(frozen=True)
+class MailboxRow:
+    """What the workers read about a mailbox: nothing in it is secret."""
+
+    id: UUID
+    namespace: str
+    name: str
+    provider: str
+    address: str | None
+    settings: dict[str, Any]
+    daily_cap: int
+    state: str
+
+
+def mailboxes(
+    conn: psycopg.Connection[Any], workspace_id: UUID | str, ids: Iterable[UUID]
+) -> dict[UUID, MailboxRow]:
+    with workspace_session(conn, workspace_id):
+        rows = conn.execute(
+            "SELECT id, namespace, name, provider, address, settings, daily_cap, state "
+            "FROM mailboxes WHERE workspace_id = %s AND id = ANY(%s)",
+            [UUID(str(workspace_id)), list(ids)],
+        ).fetchall()
+    found = [
+        MailboxRow(UUID(str(r[0])), r[1], r[2], r[3], r[4], dict(r[5] or {}), int(r[6]), r[7])
+        for r in rows
+    ]
+    return {m.id: m for m in found}

@@ -29,6 +29,8 @@ SEEDED_TABLES = {
     "sequences",
     "sequence_steps",
     "send_jobs",
+    "send_attempts",
+    "mailbox_daily_sends",
     "sent_messages",
     "replies",
     "suppression_entries",
@@ -83,8 +85,19 @@ def seed(conn: psycopg.Connection[Any], ws: UUID, name: str, parent: UUID | None
         ),
         (
             "INSERT INTO send_jobs (id, workspace_id, mailbox_id, lead_id, sequence_id, step, "
-            "scheduled_at, state, message_id) VALUES (%s, %s, %s, %s, %s, 1, now(), 'sent', %s)",
-            [job, ws, mailbox, lead, sequence, f"<{job}@numail.invalid>"],
+            "scheduled_at, due_at, state, message_id, idempotency_key) "
+            "VALUES (%s, %s, %s, %s, %s, 1, now(), now(), 'sent', %s, %s)",
+            [job, ws, mailbox, lead, sequence, f"<{job}@numail.invalid>", f"seed-{job}"],
+        ),
+        (
+            "INSERT INTO send_attempts (workspace_id, send_job_id, attempt, worker, outcome) "
+            "VALUES (%s, %s, 1, 'seed', 'sent')",
+            [ws, job],
+        ),
+        (
+            "INSERT INTO mailbox_daily_sends (workspace_id, mailbox_id, day, reserved) "
+            "VALUES (%s, %s, current_date, 1)",
+            [ws, mailbox],
         ),
         (
             "INSERT INTO sent_messages (id, workspace_id, send_job_id, mailbox_id, lead_id, "

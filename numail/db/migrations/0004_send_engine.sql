@@ -73,6 +73,9 @@ CREATE TRIGGER send_jobs_notify AFTER INSERT ON send_jobs
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION numail_send_jobs_notify();
 
+-- Daily caps are counted in mailbox_daily_sends now, so nothing needs send_jobs_mailbox_day,
+-- and every job's last state change would pay for its upkeep.
+DROP INDEX send_jobs_mailbox_day;
 DROP INDEX send_jobs_due;
 DROP INDEX send_jobs_lease;
 CREATE INDEX send_jobs_due ON send_jobs (workspace_id, due_at) WHERE state = 'scheduled';
@@ -81,7 +84,10 @@ CREATE INDEX send_jobs_lease ON send_jobs (workspace_id, lease_until)
 CREATE INDEX send_jobs_unknown ON send_jobs (workspace_id, due_at) WHERE state = 'unknown';
 
 -- One row per attempt, written when the job enters `sending`; outcome NULL means in progress.
--- `settled` is what asking the provider found out about an `unknown` attempt.
+-- `settled` is what asking the provider found out about an `unknown` attempt. Half-empty pages
+-- let the update that records the outcome stay on its page (a HOT update: no index writes).
+-- The statements below find rows by job id alone and let row-level security add the workspace:
+-- a plan that starts from workspace_id scans the whole workspace when statistics are stale.
 CREATE TABLE send_attempts (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     workspace_id uuid NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,
@@ -94,10 +100,10 @@ CREATE TABLE send_attempts (
     reply_code integer,
     detail text,
     settled text CHECK (settled IN ('found', 'not_found')),
-    UNIQUE (workspace_id, send_job_id, attempt),
+    UNIQUE (send_job_id, attempt),
     FOREIGN KEY (workspace_id, send_job_id) REFERENCES send_jobs (workspace_id, id)
         ON DELETE CASCADE
-);
+) WITH (fillfactor = 50);
 
 -- Jobs of one mailbox that took a slot of that UTC day's cap. Claims lock the row, so workers
 -- claiming together never exceed the cap; a job keeps its slot through retries that day.
@@ -180,8 +186,7 @@ BEGIN
        SET outcome = 'unknown', finished_at = now(),
            detail = 'the worker lost its lease while sending'
       FROM moved
-     WHERE a.workspace_id = moved.workspace_id AND a.send_job_id = moved.id
-       AND a.attempt = moved.attempts AND a.outcome IS NULL;
+     WHERE a.send_job_id = moved.id AND a.attempt = moved.attempts AND a.outcome IS NULL;
 
     WITH stale AS (
         SELECT j.id FROM send_jobs j
@@ -225,14 +230,14 @@ BEGIN
     SELECT coalesce(array_agg(j.id), '{}') INTO v_suppressed
       FROM send_jobs j
       JOIN leads l ON l.workspace_id = j.workspace_id AND l.id = j.lead_id
-     WHERE j.workspace_id = ws AND j.id = ANY (c_ids)
+     WHERE j.id = ANY (c_ids)
        AND EXISTS (SELECT 1 FROM suppression_entries se
                     WHERE se.workspace_id = l.workspace_id AND se.email_hash = l.email_hash);
     IF cardinality(v_suppressed) > 0 THEN
         UPDATE send_jobs
            SET state = 'suppressed', updated_at = now(),
                last_error = 'the recipient is on the suppression list'
-         WHERE workspace_id = ws AND id = ANY (v_suppressed);
+         WHERE id = ANY (v_suppressed);
     END IF;
 
     FOR v_mb IN
@@ -268,10 +273,10 @@ BEGIN
     UPDATE send_jobs j
        SET state = 'claimed', lease_owner = p_owner, lease_until = v_lease, updated_at = now(),
            cap_day = v_today
-     WHERE j.workspace_id = ws AND j.id = ANY (v_claim);
+     WHERE j.id = ANY (v_claim);
     UPDATE send_jobs j
        SET lease_owner = p_owner, lease_until = v_lease, updated_at = now()
-     WHERE j.workspace_id = ws AND j.id = ANY (v_unknown);
+     WHERE j.id = ANY (v_unknown);
 
     RETURN QUERY
     SELECT j.id, j.mailbox_id, j.state, j.message_id, j.attempts,
@@ -282,7 +287,7 @@ BEGIN
       LEFT JOIN sequence_steps st
         ON st.workspace_id = j.workspace_id AND st.sequence_id = j.sequence_id
        AND st.position = j.step
-     WHERE j.workspace_id = ws AND j.id = ANY (v_claim || v_unknown || v_suppressed);
+     WHERE j.id = ANY (v_claim || v_unknown || v_suppressed);
 END
 $$;
 
@@ -305,7 +310,7 @@ BEGIN
     SELECT coalesce(array_agg(j.id), '{}') INTO v_suppressed
       FROM send_jobs j
       JOIN leads l ON l.workspace_id = j.workspace_id AND l.id = j.lead_id
-     WHERE j.workspace_id = ws AND j.id = ANY (p_ids) AND j.lease_owner = p_owner
+     WHERE j.id = ANY (p_ids) AND j.lease_owner = p_owner
        AND j.state IN ('claimed', 'unknown')
        AND EXISTS (SELECT 1 FROM suppression_entries se
                     WHERE se.workspace_id = l.workspace_id AND se.email_hash = l.email_hash);
@@ -313,18 +318,18 @@ BEGIN
         UPDATE send_jobs
            SET state = 'suppressed', lease_owner = NULL, lease_until = NULL, updated_at = now(),
                last_error = 'the recipient is on the suppression list'
-         WHERE workspace_id = ws AND id = ANY (v_suppressed);
+         WHERE id = ANY (v_suppressed);
     END IF;
 
     WITH settled AS (
         UPDATE send_jobs j SET settle_checks = j.settle_checks + 1
-         WHERE j.workspace_id = ws AND j.id = ANY (p_ids) AND j.lease_owner = p_owner
+         WHERE j.id = ANY (p_ids) AND j.lease_owner = p_owner
            AND j.state = 'unknown' AND NOT j.id = ANY (v_suppressed)
         RETURNING j.workspace_id, j.id, j.attempts
     ), marked AS (
         UPDATE send_attempts a SET settled = 'not_found'
           FROM settled s
-         WHERE a.workspace_id = s.workspace_id AND a.send_job_id = s.id AND a.attempt = s.attempts
+         WHERE a.send_job_id = s.id AND a.attempt = s.attempts
         RETURNING a.send_job_id
     )
     SELECT coalesce(array_agg(s.id), '{}') INTO v_settled FROM settled s;
@@ -334,7 +339,7 @@ BEGIN
         UPDATE send_jobs j
            SET state = 'sending', attempts = j.attempts + 1,
                lease_until = now() + make_interval(secs => p_lease_seconds), updated_at = now()
-         WHERE j.workspace_id = ws AND j.id = ANY (p_ids) AND j.lease_owner = p_owner
+         WHERE j.id = ANY (p_ids) AND j.lease_owner = p_owner
            AND j.state IN ('claimed', 'unknown') AND NOT j.id = ANY (v_suppressed)
         RETURNING j.workspace_id, j.id, j.attempts
     ), recorded AS (
@@ -408,7 +413,7 @@ BEGIN
                settle_checks = j.settle_checks
                    + CASE WHEN o.outcome IN ('found', 'unsettled') THEN 1 ELSE 0 END
           FROM o
-         WHERE j.workspace_id = ws AND j.id = o.id AND j.lease_owner = p_owner
+         WHERE j.id = ANY (p_ids) AND j.id = o.id AND j.lease_owner = p_owner
            AND CASE o.outcome
                    WHEN 'sent' THEN j.state = 'sending'
                    WHEN 'unknown' THEN j.state = 'sending'
@@ -435,12 +440,12 @@ BEGIN
            finished_at = now(), reply_code = x.code, detail = x.detail
       FROM unnest(a_ids, a_outcomes, a_attempts, a_codes, a_details)
            AS x (id, outcome, attempt, code, detail)
-     WHERE a.workspace_id = ws AND a.send_job_id = x.id AND a.attempt = x.attempt
+     WHERE a.send_job_id = ANY (a_ids) AND a.send_job_id = x.id AND a.attempt = x.attempt
        AND a.outcome IS NULL AND x.outcome IN ('sent', 'unknown', 'retry', 'failed', 'release');
 
     UPDATE send_attempts a SET settled = 'found'
       FROM unnest(a_ids, a_outcomes, a_attempts) AS x (id, outcome, attempt)
-     WHERE a.workspace_id = ws AND a.send_job_id = x.id AND a.attempt = x.attempt
+     WHERE a.send_job_id = ANY (a_ids) AND a.send_job_id = x.id AND a.attempt = x.attempt
        AND x.outcome = 'found';
 
     INSERT INTO sent_messages (workspace_id, send_job_id, mailbox_id, lead_id, message_id,
@@ -448,20 +453,20 @@ BEGIN
     SELECT j.workspace_id, j.id, j.mailbox_id, j.lead_id, j.message_id, j.provider_message_id,
            j.sent_at
       FROM unnest(a_ids, a_outcomes) AS x (id, outcome)
-      JOIN send_jobs j ON j.workspace_id = ws AND j.id = x.id
-     WHERE x.outcome IN ('sent', 'found')
+      JOIN send_jobs j ON j.id = x.id
+     WHERE x.outcome IN ('sent', 'found') AND j.id = ANY (a_ids)
     ON CONFLICT (send_job_id) DO NOTHING;
 
     INSERT INTO suppression_entries (workspace_id, email_hash, reason)
     SELECT l.workspace_id, l.email_hash, 'hard_bounce'
       FROM unnest(a_ids, a_outcomes, a_bounces) AS x (id, outcome, bounce)
-      JOIN send_jobs j ON j.workspace_id = ws AND j.id = x.id
+      JOIN send_jobs j ON j.id = x.id
       JOIN leads l ON l.workspace_id = j.workspace_id AND l.id = j.lead_id
      WHERE x.outcome = 'failed' AND x.bounce
     ON CONFLICT (workspace_id, email_hash) DO NOTHING;
     UPDATE leads l SET state = 'bounced'
       FROM unnest(a_ids, a_outcomes, a_bounces) AS x (id, outcome, bounce)
-      JOIN send_jobs j ON j.workspace_id = ws AND j.id = x.id
+      JOIN send_jobs j ON j.id = x.id
      WHERE x.outcome = 'failed' AND x.bounce
        AND l.workspace_id = j.workspace_id AND l.id = j.lead_id;
 
