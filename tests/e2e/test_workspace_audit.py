@@ -97,7 +97,7 @@ def test_workspace_lifecycle_is_registered_audited_and_signed(
         found = rows(dsn, "SELECT id::text, name, parent_id::text FROM workspaces ORDER BY name")
         return (a_uid, "audit-agency", None) in found and (c_uid, "audit-child", a_uid) in found
 
-    wait_for(registered, 30, "both workspaces registered")
+    wait_for(registered, 60, "both workspaces registered")
     assert rows(
         dsn,
         "SELECT parent_id::text, access FROM workspace_parents WHERE workspace_id = %s",

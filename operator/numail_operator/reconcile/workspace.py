@@ -179,7 +179,9 @@ def reconcile_workspace(
         events.append(("Warning", err.reason, err.message))
         new_status = _outcome(status, conditions, True, generation, events, retry_after=10)
         return new_status
-    records.register(settings, inputs.uid, inputs.name, parent_uid, ws.spec.parent_access)
+    registered = records.register(
+        settings, inputs.uid, inputs.name, parent_uid, ws.spec.parent_access
+    )
     if keys.created:
         target = f"workspace/{inputs.name}"
         records.record(
@@ -237,7 +239,10 @@ def reconcile_workspace(
         if status.get(key) != value:
             status[key] = value
             changed = True
-    outcome = _outcome(status, conditions, changed, generation, events)
+    # A child can reach the database before its parent is registered (a foreign key): come
+    # back soon rather than at the next periodic resync.
+    retry = 15.0 if settings.database_url and not registered else None
+    outcome = _outcome(status, conditions, changed, generation, events, retry_after=retry)
     outcome.keys = keys
     return outcome
 
