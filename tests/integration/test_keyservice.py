@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,8 +25,7 @@ from numail.keys.client import KeyServiceClient, KeyServiceError
 from numail.keys.local import LocalKeyProvider, generate_keyring
 from tests.conftest import K8s
 from tests.support.controlplane import ControlPlane
-from tests.support.postgres import free_port
-from tests.support.tls import make_serving_cert
+from tests.support.keyservice import start_keyservice
 
 AUDIENCE = "numail-keyservice"
 
@@ -170,40 +166,11 @@ def keyservice(
         f"ks-c-{suffix}",
         key_provider=f"ks-kp-{suffix}",
     )
-    certs = make_serving_cert(tmp / "tls")
-    port = free_port()
-    log = tmp / "keyservice.log"
-    env = dict(
-        os.environ,
-        KUBECONFIG=str(controlplane.kubeconfig),
-        NUMAIL_KEYSERVICE_HOST="127.0.0.1",
-        NUMAIL_KEYSERVICE_PORT=str(port),
-        NUMAIL_KEYSERVICE_TLS_CERT=str(certs.cert),
-        NUMAIL_KEYSERVICE_TLS_KEY=str(certs.key),
-        NUMAIL_LOCAL_KEYRING_FILE=str(keyring),
-    )
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "numail_operator.keyservice"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    service = KeyService(f"https://127.0.0.1:{port}", certs.ca, log, tenants, k8s)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            service.metrics()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"key service did not start: {log.read_text()}") from None
-            time.sleep(0.2)
+    started = start_keyservice(controlplane.kubeconfig, tmp, keyring)
     try:
-        yield service
+        yield KeyService(started.url, started.ca, started.log, tenants, k8s)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        started.stop()
 
 
 def test_a_workspace_worker_unwraps_its_own_dek(keyservice: KeyService) -> None:

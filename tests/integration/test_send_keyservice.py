@@ -10,10 +10,6 @@ needs only the key service and the worker.
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -28,8 +24,8 @@ from numail.keys.local import generate_keyring
 from numail.providers.credentials import PasswordCredentials
 from tests.conftest import K8s
 from tests.support.controlplane import ControlPlane
+from tests.support.keyservice import start_keyservice
 from tests.support.mail_apis import SendWorld, SmtpSink
-from tests.support.postgres import free_port
 from tests.support.tls import ServingCert, make_serving_cert
 
 AUDIENCE = "numail-keyservice"
@@ -66,45 +62,17 @@ def cluster(
     tmp = tmp_path_factory.mktemp("send-keyservice")
     keyring = tmp / "keyring"
     keyring.write_text(generate_keyring())
-    certs = make_serving_cert(tmp / "tls")
-    port = free_port()
-    log = tmp / "keyservice.log"
-    env = dict(
-        os.environ,
-        KUBECONFIG=str(controlplane.kubeconfig),
-        NUMAIL_KEYSERVICE_HOST="127.0.0.1",
-        NUMAIL_KEYSERVICE_PORT=str(port),
-        NUMAIL_KEYSERVICE_TLS_CERT=str(certs.cert),
-        NUMAIL_KEYSERVICE_TLS_KEY=str(certs.key),
-        NUMAIL_LOCAL_KEYRING_FILE=str(keyring),
-    )
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "numail_operator.keyservice"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    started = start_keyservice(controlplane.kubeconfig, tmp, keyring)
     mail_cert = make_serving_cert(tmp / "mail-tls")
     sink = SmtpSink(mail_cert, passwords={SALES: PASSWORD}).start()
     found = Cluster(
-        controlplane, k8s, f"https://127.0.0.1:{port}", certs.ca, log, keyring, mail_cert, sink
+        controlplane, k8s, started.url, started.ca, started.log, keyring, mail_cert, sink
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            found.metrics()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"key service did not start: {log.read_text()}") from None
-            time.sleep(0.2)
     try:
         yield found
     finally:
         sink.stop()
-        proc.terminate()
-        proc.wait(10)
+        started.stop()
 
 
 def make_workspace(k8s: K8s) -> tuple[str, str]:
