@@ -22,13 +22,11 @@ from numail.providers.base import (
     ProviderUnavailable,
     Revocation,
     ScopeMissing,
-    TLSFailed,
     TokenGrant,
-    Unreachable,
     check_exact_scopes,
     safe_error_code,
 )
-from numail.providers.http import PinnedSession
+from numail.providers.http import PinnedSession, transport_error
 
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
@@ -163,11 +161,4 @@ def _refresh_error(err: google.auth.exceptions.RefreshError) -> ProviderError:
 
 
 def _transport_error(err: BaseException, what: str) -> ProviderError:
-    if isinstance(err, requests.exceptions.SSLError):
-        return TLSFailed(
-            f"TLS to Google's {what} failed: its certificate is not trusted (check "
-            "NUMAIL_PROVIDER_CA_FILE) or the handshake failed"
-        )
-    if isinstance(err, requests.exceptions.Timeout):
-        return Unreachable(f"Google's {what} did not answer in time")
-    return Unreachable(f"cannot reach Google's {what} ({type(err).__name__})")
+    return transport_error(err, "Google", what)

@@ -10,6 +10,8 @@ from typing import Any
 
 import requests
 
+from numail.providers.base import ProviderError, TLSFailed, Unreachable
+
 
 class PinnedSession(requests.Session):
     """A requests session that sends `verify` and a default timeout with every request."""
@@ -26,3 +28,16 @@ class PinnedSession(requests.Session):
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._timeout
         return super().request(*args, **kwargs)
+
+
+def transport_error(err: BaseException, provider: str, what: str) -> ProviderError:
+    """What a failed HTTP exchange with `provider`'s `what` means for a mailbox: an untrusted
+    certificate is TLSFailed (wait for a fix), anything else on the wire is Unreachable (retry)."""
+    if isinstance(err, requests.exceptions.SSLError):
+        return TLSFailed(
+            f"TLS to {provider}'s {what} failed: its certificate is not trusted (check "
+            "NUMAIL_PROVIDER_CA_FILE) or the handshake failed"
+        )
+    if isinstance(err, requests.exceptions.Timeout):
+        return Unreachable(f"{provider}'s {what} did not answer in time")
+    return Unreachable(f"cannot reach {provider}'s {what} ({type(err).__name__})")

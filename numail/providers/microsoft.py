@@ -23,13 +23,11 @@ from numail.providers.base import (
     ProviderUnavailable,
     Revocation,
     ScopeMissing,
-    TLSFailed,
     TokenGrant,
-    Unreachable,
     check_exact_scopes,
     safe_error_code,
 )
-from numail.providers.http import PinnedSession
+from numail.providers.http import PinnedSession, transport_error
 
 GRAPH_RESOURCE = "https://graph.microsoft.com/"
 MAIL_SEND = GRAPH_RESOURCE + "Mail.Send"
@@ -230,13 +228,7 @@ def _token_error(result: dict[str, Any]) -> ProviderError:
 
 
 def _transport_error(err: BaseException, what: str) -> ProviderError:
-    if isinstance(err, requests.exceptions.SSLError):
-        return TLSFailed(
-            f"TLS to Microsoft's {what} failed: its certificate is not trusted (check "
-            "NUMAIL_PROVIDER_CA_FILE) or the handshake failed"
-        )
-    if isinstance(err, requests.exceptions.Timeout):
-        return Unreachable(f"Microsoft's {what} did not answer in time")
+    # msal raises HTTPError for a 5xx from the identity platform; the rest is on the wire.
     if isinstance(err, requests.exceptions.HTTPError):
         return ProviderUnavailable(f"Microsoft's {what} answered with a server error; retrying")
-    return Unreachable(f"cannot reach Microsoft's {what} ({type(err).__name__})")
+    return transport_error(err, "Microsoft", what)
