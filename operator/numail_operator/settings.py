@@ -24,6 +24,21 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list; blanks dropped."""
+    return tuple(v.strip() for v in env.get(name, "").split(",") if v.strip())
+
+
+def _port(raw: str, name: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise SettingsError(f"{name} must list port numbers, got {raw!r}")
+    return port
+
+
 @dataclass(frozen=True)
 class Settings:
     kubeconfig: str | None = None
@@ -56,6 +71,13 @@ class Settings:
     metrics_port: int = 9090
     liveness_port: int = 8080
     reconcile_interval: int = 300
+    # The Secret in system_namespace holding the workers' PostgreSQL DSN (a numail_worker login),
+    # copied into each workspace namespace as numail-database; None: workers get no database.
+    worker_database_secret: str | None = None
+    worker_database_secret_key: str = "url"  # noqa: S105 - a data key name
+    # Where workers reach the Kubernetes API (for their Secrets): egress CIDRs and ports.
+    worker_api_server_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
+    worker_api_server_ports: tuple[int, ...] = (443, 6443)
     # Mail providers (Mailbox verification and revocation); tests point these at local servers.
     mail_providers: ProviderEndpoints = field(default_factory=ProviderEndpoints)
 
@@ -85,6 +107,16 @@ class Settings:
             metrics_port=_int(e, "NUMAIL_METRICS_PORT", cls.metrics_port),
             liveness_port=_int(e, "NUMAIL_LIVENESS_PORT", cls.liveness_port),
             reconcile_interval=_int(e, "NUMAIL_RECONCILE_INTERVAL", cls.reconcile_interval),
+            worker_database_secret=e.get("NUMAIL_WORKER_DATABASE_SECRET") or None,
+            worker_database_secret_key=e.get("NUMAIL_WORKER_DATABASE_SECRET_KEY")
+            or cls.worker_database_secret_key,
+            worker_api_server_cidrs=_list(e, "NUMAIL_WORKER_API_SERVER_CIDRS")
+            or cls.worker_api_server_cidrs,
+            worker_api_server_ports=tuple(
+                _port(p, "NUMAIL_WORKER_API_SERVER_PORTS")
+                for p in _list(e, "NUMAIL_WORKER_API_SERVER_PORTS")
+            )
+            or cls.worker_api_server_ports,
             mail_providers=_provider_endpoints(e),
         )
 

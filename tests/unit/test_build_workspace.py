@@ -25,7 +25,7 @@ CASES = sorted(p.stem for p in (DATA / "input").glob("workspace-*.yaml"))
 def load_inputs(name: str) -> WorkspaceInputs:
     raw = yaml.safe_load((DATA / "input" / f"{name}.yaml").read_text())
     workers = {k: WorkerSpec(**raw.pop(k)) for k in ("send_worker", "reply_worker")}
-    for key in ("mailboxes", "egress_cidrs"):
+    for key in ("mailboxes", "oauth_client_secrets", "egress_cidrs"):
         raw[key] = tuple(raw.get(key, ()))
     raw["egress_ports"] = tuple(tuple(p) for p in raw.get("egress_ports", ()))
     return WorkspaceInputs(**raw, **workers)

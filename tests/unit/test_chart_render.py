@@ -356,6 +356,31 @@ def test_database_url_comes_from_a_secret(full_docs: list[dict[str, Any]]) -> No
     assert env["NUMAIL_DATABASE_URL"] == {"secretKeyRef": {"name": "numail-db", "key": "url"}}
 
 
+def test_the_workers_database_secret_is_passed_by_name_and_absent_by_default(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    default = env_of(pod_specs(default_docs)["numail-operator"]["containers"][0])
+    assert "NUMAIL_WORKER_DATABASE_SECRET" not in default
+    assert Settings.from_env(
+        {k: v for k, v in default.items() if isinstance(v, str)}
+    ).worker_api_server_ports == (443, 6443)
+    docs = H.render(
+        sets=(
+            "workers.database.existingSecret=numail-worker-db",
+            "workers.database.key=dsn",
+            "networkPolicy.apiServerCIDRs={10.0.0.1/32}",
+            "networkPolicy.apiServerPorts={6443}",
+        )
+    )
+    env = env_of(pod_specs(docs)["numail-operator"]["containers"][0])
+    # Only the name goes to the operator: it copies the Secret, and never holds the DSN in env.
+    settings = Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.worker_database_secret == "numail-worker-db"
+    assert settings.worker_database_secret_key == "dsn"
+    assert settings.worker_api_server_cidrs == ("10.0.0.1/32",)
+    assert settings.worker_api_server_ports == (6443,)
+
+
 def test_tls_modes_mount_the_right_certificate() -> None:
     def keyservice(docs: list[dict[str, Any]]) -> dict[str, Any]:
         return pod_specs(docs)["numail-operator-keyservice"]

@@ -1,4 +1,5 @@
-"""Pure builders for a Mailbox: its sealed credential Secret, and the status it reports."""
+"""Pure builders for a Mailbox: its sealed credential Secret, its database row, and the status
+it reports."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from numail.api import LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_WORKSPACE
+from numail.api.models import Mailbox, MailboxSpec
+from numail.db.mailboxes import MailboxRecord, MailboxState
 from numail_operator.build.workspace import mailbox_secret_name
 
 Manifest = dict[str, Any]
@@ -38,8 +41,10 @@ __all__ = [
     "SEALED_DATA_KEY",
     "MailboxSecretInputs",
     "Verification",
+    "build_mailbox_record",
     "build_sealed_secret",
     "mailbox_secret_name",
+    "mailbox_settings",
 ]
 
 
@@ -124,3 +129,40 @@ class Verification:
             )
         except (ValueError, KeyError, TypeError):
             return None
+
+
+# --- the database row the workers read ----------------------------------------------------
+
+
+def mailbox_settings(spec: MailboxSpec) -> dict[str, Any]:
+    """mailboxes.settings: the servers, OAuth client and display name from the spec, camelCase
+    as in the spec, in the shape numail_workers.mailboxes.profile_from_row parses. Credentials
+    never come here; fields the spec leaves out are left out (the worker's defaults apply)."""
+    settings: dict[str, Any] = {}
+    if spec.display_name:
+        settings["displayName"] = spec.display_name
+    for key, server in (("smtp", spec.smtp), ("imap", spec.imap)):
+        if server is not None:
+            settings[key] = server.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if spec.oauth is not None:
+        settings["oauth"] = spec.oauth.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return settings
+
+
+def build_mailbox_record(
+    mailbox: Mailbox, workspace_uid: str, state: MailboxState
+) -> MailboxRecord:
+    """The row of one Mailbox. A paused Mailbox gets a daily cap of 0: its jobs wait, scheduled,
+    and none is dropped; unpausing restores spec.dailyLimit."""
+    spec = mailbox.spec
+    return MailboxRecord(
+        id=mailbox.uid or "",
+        workspace_id=workspace_uid,
+        namespace=mailbox.namespace or "",
+        name=mailbox.name,
+        provider=spec.provider,
+        state=state,
+        daily_cap=0 if spec.paused else spec.daily_limit,
+        address=spec.address,
+        settings=mailbox_settings(spec),
+    )

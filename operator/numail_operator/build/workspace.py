@@ -8,6 +8,7 @@ from typing import Any
 from numail.api import (
     API_VERSION,
     DEK_SECRET,
+    KEYSERVICE_AUDIENCE,
     LABEL_MANAGED_BY,
     LABEL_PARENT,
     LABEL_PART_OF,
@@ -25,6 +26,20 @@ PARENT_ACCESS_BINDING = "numail-parent-access"
 MAIL_EGRESS_PORTS = (25, 465, 587, 143, 993, 443)
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8")
 PARENT_ACCESS_ROLES = {"read": "numail-workspace-analyst", "manage": "numail-workspace-operator"}
+# The workers' PostgreSQL DSN, copied from the operator's namespace; read by the kubelet through
+# secretKeyRef, never by the workers' ServiceAccounts.
+DATABASE_SECRET = "numail-database"  # noqa: S105 - a Secret name
+DATABASE_SECRET_KEY = "url"  # noqa: S105 - a data key name
+# Names of the objects the operator writes start with this; a Mailbox's clientSecretRef that
+# starts with it is never granted to the workers (it could name numail-database or the sealing
+# key, and the Role would hand them out).
+RESERVED_SECRET_PREFIX = "numail-"  # noqa: S105 - a name prefix
+# Where the worker container finds its tokens and CAs.
+KEYSERVICE_TOKEN_DIR = "/var/run/secrets/numail/keyservice"  # noqa: S105 - a path
+KUBE_API_DIR = "/var/run/secrets/numail/kubernetes"
+# Projected token lifetimes: the kubelet renews each at 80% of it; 600 s is the API's minimum.
+KEYSERVICE_TOKEN_SECONDS = 3600
+KUBE_API_TOKEN_SECONDS = 600
 
 
 def namespace_name(workspace: str) -> str:
@@ -56,6 +71,11 @@ class PlatformEndpoints:
     keyservice_port: int = 8443
     keyservice_url: str = "https://numail-keyservice.numail-system.svc:8443"
     postgres_port: int = 5432
+    # The Kubernetes API server, which workers call to read their Secrets. Its address differs
+    # per cluster (and NetworkPolicies see it after the Service's DNAT), so it comes from
+    # settings; the default is any address, on the API server's ports only.
+    api_server_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
+    api_server_ports: tuple[int, ...] = (443, 6443)
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,10 @@ class WorkspaceInputs:
     send_worker: WorkerSpec
     reply_worker: WorkerSpec
     mailboxes: tuple[str, ...] = ()
+    # Secrets named by the Mailboxes' spec.oauth.clientSecretRef, in this namespace.
+    oauth_client_secrets: tuple[str, ...] = ()
+    # True when the workers get NUMAIL_DATABASE_URL from the numail-database Secret.
+    database: bool = False
     max_mailboxes: int | None = None
     quota_cpu: str | None = None
     quota_memory: str | None = None
@@ -135,8 +159,19 @@ def build_service_account(inputs: WorkspaceInputs, name: str) -> Manifest:
     }
 
 
+def granted_client_secrets(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The OAuth client secret names a worker Role may name: never a reserved one."""
+    return sorted({n for n in names if n and not n.startswith(RESERVED_SECRET_PREFIX)})
+
+
 def worker_secret_names(inputs: WorkspaceInputs) -> list[str]:
-    return [DEK_SECRET, *sorted(mailbox_secret_name(m) for m in inputs.mailboxes)]
+    """The DEK, each Mailbox's sealed Secret and each OAuth client secret the Mailboxes name;
+    never numail-database (env from secretKeyRef is resolved by the kubelet, not the Pod)."""
+    return [
+        DEK_SECRET,
+        *sorted(mailbox_secret_name(m) for m in inputs.mailboxes),
+        *granted_client_secrets(inputs.oauth_client_secrets),
+    ]
 
 
 def build_worker_role(inputs: WorkspaceInputs, name: str) -> Manifest:
@@ -194,6 +229,69 @@ def _container_security() -> dict[str, Any]:
     }
 
 
+def _worker_env(inputs: WorkspaceInputs) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "NUMAIL_WORKSPACE", "value": inputs.name},
+        {"name": "NUMAIL_WORKSPACE_UID", "value": inputs.uid},
+        {"name": "NUMAIL_KEYSERVICE_URL", "value": inputs.endpoints.keyservice_url},
+        {"name": "NUMAIL_KEYSERVICE_TOKEN", "value": f"{KEYSERVICE_TOKEN_DIR}/token"},
+        # The Kubernetes credential source: an API-audience token and the cluster's CA.
+        {"name": "NUMAIL_KUBE_TOKEN_FILE", "value": f"{KUBE_API_DIR}/token"},
+        {"name": "NUMAIL_KUBE_CA_FILE", "value": f"{KUBE_API_DIR}/ca.crt"},
+    ]
+    if inputs.database:
+        env.append(
+            {
+                "name": "NUMAIL_DATABASE_URL",
+                "valueFrom": {
+                    "secretKeyRef": {"name": DATABASE_SECRET, "key": DATABASE_SECRET_KEY}
+                },
+            }
+        )
+    return env
+
+
+def _worker_volumes() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "keyservice-token",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": KEYSERVICE_AUDIENCE,
+                            "expirationSeconds": KEYSERVICE_TOKEN_SECONDS,
+                            "path": "token",
+                        }
+                    }
+                ]
+            },
+        },
+        {
+            # What automountServiceAccountToken would give, but short-lived and only to the
+            # worker container: a token for the API server's own audience and its CA.
+            "name": "kube-api-access",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "expirationSeconds": KUBE_API_TOKEN_SECONDS,
+                            "path": "token",
+                        }
+                    },
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                ]
+            },
+        },
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+    ]
+
+
 def build_worker_deployment(
     inputs: WorkspaceInputs, name: str, worker: WorkerSpec, module: str
 ) -> Manifest:
@@ -225,47 +323,25 @@ def build_worker_deployment(
                             "name": "worker",
                             "image": worker.image,
                             "args": ["python", "-m", module],
-                            "env": [
-                                {"name": "NUMAIL_WORKSPACE", "value": inputs.name},
-                                {"name": "NUMAIL_WORKSPACE_UID", "value": inputs.uid},
-                                {
-                                    "name": "NUMAIL_KEYSERVICE_URL",
-                                    "value": inputs.endpoints.keyservice_url,
-                                },
-                                {
-                                    "name": "NUMAIL_KEYSERVICE_TOKEN",
-                                    "value": "/var/run/secrets/numail/keyservice/token",
-                                },
-                            ],
+                            "env": _worker_env(inputs),
                             "resources": worker.resources,
                             "securityContext": _container_security(),
                             "volumeMounts": [
                                 {
                                     "name": "keyservice-token",
-                                    "mountPath": "/var/run/secrets/numail/keyservice",
+                                    "mountPath": KEYSERVICE_TOKEN_DIR,
+                                    "readOnly": True,
+                                },
+                                {
+                                    "name": "kube-api-access",
+                                    "mountPath": KUBE_API_DIR,
                                     "readOnly": True,
                                 },
                                 {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir
                             ],
                         }
                     ],
-                    "volumes": [
-                        {
-                            "name": "keyservice-token",
-                            "projected": {
-                                "sources": [
-                                    {
-                                        "serviceAccountToken": {
-                                            "audience": "numail-keyservice",
-                                            "expirationSeconds": 3600,
-                                            "path": "token",
-                                        }
-                                    }
-                                ]
-                            },
-                        },
-                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
-                    ],
+                    "volumes": _worker_volumes(),
                 },
             },
         },
@@ -300,6 +376,10 @@ def build_worker_egress_policy(inputs: WorkspaceInputs) -> Manifest:
                 {"protocol": "TCP", "port": inputs.endpoints.keyservice_port},
                 {"protocol": "TCP", "port": inputs.endpoints.postgres_port},
             ],
+        },
+        {  # the Kubernetes API server, for the workers' own Secrets (by name, see their Role)
+            "to": [{"ipBlock": {"cidr": c}} for c in inputs.endpoints.api_server_cidrs],
+            "ports": [{"protocol": "TCP", "port": p} for p in inputs.endpoints.api_server_ports],
         },
         {  # mail servers and provider APIs on the internet, never the cluster's private ranges
             "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_RANGES)}}],
@@ -391,6 +471,22 @@ def build_workspace_children(inputs: WorkspaceInputs) -> list[Manifest]:
     for name, worker, module in workers:
         children.append(build_worker_deployment(inputs, name, worker, module))
     return children
+
+
+def build_database_secret(inputs: WorkspaceInputs, url_b64: str) -> Manifest:
+    """The workers' DSN, copied from the operator's Secret. Owned by the Workspace, so the
+    garbage collector removes it with it; applied on every reconcile, so a changed source or a
+    hand edit is put back. `url_b64` stays base64: the operator never needs the DSN itself."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            **_meta(inputs, DATABASE_SECRET, "database"),
+            "ownerReferences": [owner_reference(inputs)],
+        },
+        "data": {DATABASE_SECRET_KEY: url_b64},
+    }
 
 
 def build_dek_secret(

@@ -8,6 +8,7 @@ import kopf
 
 from numail.api import GROUP, LABEL_MANAGED_BY, VERSION
 from numail_operator import k8s, metrics
+from numail_operator.build.workspace import DATABASE_SECRET
 from numail_operator.handlers.runtime import runtime
 from numail_operator.reconcile.drift import repair_child
 
@@ -52,10 +53,39 @@ for _group, _version, _plural in CHILDREN:
     kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"drift-{_plural}")(child_event)
 
 
+# The workers' DSN copy is the one Secret that is applied, and so repaired, like the children.
+kopf.on.event(
+    "",
+    "v1",
+    "secrets",
+    labels={**MANAGED, "app.kubernetes.io/component": "database"},
+    field="metadata.name",
+    value=DATABASE_SECRET,
+    id="drift-database-secret",
+)(child_event)
+
+
+# Mailbox uid -> the OAuth client secret it names ("" for none), as last seen.
+_client_secrets: dict[str, str] = {}
+
+
+def _client_secret(mailbox: dict[str, Any]) -> str:
+    oauth = (mailbox.get("spec") or {}).get("oauth") or {}
+    return str((oauth.get("clientSecretRef") or {}).get("name") or "")
+
+
 @kopf.on.event(GROUP, VERSION, "mailboxes")
 def mailbox_event(event: kopf.RawEvent, **_: Any) -> None:
-    """A mailbox added or removed changes which Secrets the worker Roles may name."""
-    if event["type"] not in ("ADDED", "DELETED"):
+    """A mailbox added or removed, or one naming another OAuth client secret, changes which
+    Secrets the worker Roles may name."""
+    uid = str(event["object"]["metadata"].get("uid", ""))
+    secret = _client_secret(dict(event["object"]))
+    previous = _client_secrets.get(uid)
+    if event["type"] == "DELETED":
+        _client_secrets.pop(uid, None)
+    else:
+        _client_secrets[uid] = secret
+    if event["type"] not in ("ADDED", "DELETED") and previous in (None, secret):
         return
     rt = runtime()
     namespace = event["object"]["metadata"].get("namespace", "")

@@ -32,13 +32,23 @@ def mailboxes_by_namespace(namespace: str | None, name: str | None, **_: Any) ->
     return {namespace or "": name or ""}
 
 
+@kopf.index(GROUP, VERSION, "mailboxes")
+def client_secrets_by_namespace(namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[str, str]:
+    """The OAuth client secret each Mailbox names: the worker Roles grant `get` on them."""
+    ref = (spec.get("oauth") or {}).get("clientSecretRef") or {}
+    return {namespace or "": str(ref["name"])} if ref.get("name") else {}
+
+
 @kopf.index(GROUP, VERSION, "keyproviders")
 def key_providers_by_name(name: str | None, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {name or "": dict(body)}
 
 
 def _gathered(
-    body: kopf.Body, mailboxes: kopf.Index[str, str], providers: kopf.Index[str, Any]
+    body: kopf.Body,
+    mailboxes: kopf.Index[str, str],
+    client_secrets: kopf.Index[str, str],
+    providers: kopf.Index[str, Any],
 ) -> Gathered:
     """What the watches already know, so a reconcile doesn't re-read it from the apiserver."""
     namespace = f"ws-{body['metadata']['name']}"
@@ -46,6 +56,7 @@ def _gathered(
     found = list(providers.get(wanted, []))
     return Gathered(
         mailboxes=sorted(mailboxes.get(namespace, [])),
+        client_secrets=sorted(set(client_secrets.get(namespace, []))),
         key_providers={wanted: found[-1] if found else None},
     )
 
@@ -82,9 +93,13 @@ def _reconcile(body: kopf.Body, gathered: Gathered | None = None) -> None:
 @kopf.on.update(GROUP, VERSION, "workspaces")
 def workspace_changed(body: kopf.Body, **kwargs: Any) -> None:
     # Kopf passes each index by its function's name.
-    _reconcile(
-        body, _gathered(body, kwargs["mailboxes_by_namespace"], kwargs["key_providers_by_name"])
+    gathered = _gathered(
+        body,
+        kwargs["mailboxes_by_namespace"],
+        kwargs["client_secrets_by_namespace"],
+        kwargs["key_providers_by_name"],
     )
+    _reconcile(body, gathered)
 
 
 @kopf.timer(GROUP, VERSION, "workspaces", interval=_INTERVAL, initial_delay=_INTERVAL)

@@ -10,7 +10,14 @@ from typing import Any
 
 from numail.api import LABEL_WORKSPACE
 from numail_operator import k8s
-from numail_operator.reconcile.workspace import desired_children, parse_workspace
+from numail_operator.build.workspace import DATABASE_SECRET
+from numail_operator.reconcile.workspace import (
+    desired_children,
+    desired_database_secret,
+    inputs_for,
+    mailbox_inventory,
+    parse_workspace,
+)
 from numail_operator.settings import Settings
 
 
@@ -46,7 +53,9 @@ def repair_child(
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     ws = parse_workspace(body)
-    mailboxes = k8s.list_mailbox_names(clients, meta.get("namespace", ""))
+    mailboxes = mailbox_inventory(clients, meta.get("namespace", ""))
+    if child.get("kind") == "Secret":
+        return _repair_database_secret(child, deleted, clients, applier, settings, ws, mailboxes)
     for manifest in desired_children(ws, settings, mailboxes):
         if manifest["kind"] != child.get("kind") or manifest["metadata"]["name"] != meta.get(
             "name"
@@ -63,4 +72,34 @@ def repair_child(
             applier.apply(manifest)
             where = f"{meta.get('namespace')}/{meta.get('name')}"
             return f"reverted a change to {child.get('kind')} {where}"
+    return None
+
+
+def _repair_database_secret(
+    child: dict[str, Any],
+    deleted: bool,
+    clients: k8s.Clients,
+    applier: k8s.Applier,
+    settings: Settings,
+    ws: Any,
+    mailboxes: Any,
+) -> str | None:
+    """The workers' DSN copy: put back when deleted or when its data or labels differ from the
+    source. Nothing from it is returned or logged but its name."""
+    meta = child.get("metadata") or {}
+    if meta.get("name") != DATABASE_SECRET:
+        return None
+    desired = desired_database_secret(clients, settings, inputs_for(ws, settings, mailboxes))
+    manifest = desired.manifest
+    if manifest is None:
+        return None
+    where = f"{meta.get('namespace')}/{DATABASE_SECRET}"
+    if deleted:
+        applier.apply(manifest)
+        return f"recreated Secret {where}"
+    if (child.get("data") or {}) != manifest["data"] or drifted(
+        manifest["metadata"]["labels"], meta.get("labels") or {}
+    ):
+        applier.apply(manifest)
+        return f"reverted a change to Secret {where}"
     return None

@@ -5,6 +5,9 @@ Order matters. The sealed Secret is written before the intake Secret is deleted,
 between leaves the plaintext for the next pass instead of losing the credential; that pass finds
 the sealed copy already holds the same credential, writes nothing, and deletes the intake.
 Verification runs on what is sealed, never on the intake, so the workers use what was checked.
+Every pass ends by writing the Mailbox's row in PostgreSQL (what the workers read: servers,
+address, daily cap, state); deletion marks it disconnected. The database is evidence, not a
+dependency: when it is down the pass goes on and comes back soon to write the row.
 
 Secrets enter memory in three places (intake Secret, sealed blob, sealed Secret) and each is
 registered with numail.redact at once. Messages for status and Events are written here from
@@ -28,6 +31,7 @@ from numail.api import LABEL_WORKSPACE, LABEL_WORKSPACE_UID
 from numail.api.conditions import get_condition, set_condition
 from numail.api.models import Condition, Mailbox
 from numail.api.sealing import CREDENTIALS_PURPOSE, open_credentials
+from numail.db.mailboxes import MailboxState
 from numail.providers.base import MalformedCredentials, ProviderError, Revocation
 from numail.providers.credentials import (
     Credentials,
@@ -43,9 +47,11 @@ from numail_operator.build.mailbox import (
     SEALED_DATA_KEY,
     MailboxSecretInputs,
     Verification,
+    build_mailbox_record,
     build_sealed_secret,
     mailbox_secret_name,
 )
+from numail_operator.build.workspace import RESERVED_SECRET_PREFIX
 from numail_operator.reconcile import records
 from numail_operator.reconcile.keys import (
     KeyNotReady,
@@ -68,6 +74,8 @@ FAILED_RECHECK_INTERVALS = 12
 # Deletion stops waiting for a provider that can't be reached after this many tries (about
 # half an hour with the backoff), so a namespace is never stuck Terminating for ever.
 MAX_REVOKE_ATTEMPTS = 10
+# How soon a pass comes back when it could not write the Mailbox's database row.
+REGISTRY_RETRY = 30.0
 # Key errors that mean the data key is gone for good: the credentials are crypto-shredded.
 _KEY_GONE = frozenset({"DataKeyMissing", "ForeignDataKey"})
 
@@ -126,6 +134,7 @@ class _Report:
         self.events: Events = []
         self.retry_after: float | None = None
         self.retry_reason = ""
+        self.workspace_uid: str | None = None  # known once the owning Workspace is found
 
     def set(self, type_: str, ok: bool, reason: str, message: str) -> None:
         self.conditions, did = set_condition(
@@ -207,7 +216,28 @@ def reconcile_mailbox(
         if stop.retry_after is not None:
             report.retry_after = stop.retry_after
             report.retry_reason = stop.reason
+    _register(mailbox, settings, report)
     return report.outcome()
+
+
+def registry_state(report: _Report) -> MailboxState:
+    """verified once a login worked, connected once credentials are sealed, else pending."""
+    verified, sealed = report.get("Verified"), report.get("CredentialsSealed")
+    if verified is not None and verified.status == "True":
+        return "verified"
+    if sealed is not None and sealed.status == "True":
+        return "connected"
+    return "pending"
+
+
+def _register(mailbox: Mailbox, settings: Settings, report: _Report) -> None:
+    """Write the Mailbox's row; when that fails, come back soon (it never blocks the pass)."""
+    if report.workspace_uid is None:
+        return  # no Workspace yet, so no row to write; a later pass writes it
+    record = build_mailbox_record(mailbox, report.workspace_uid, registry_state(report))
+    if records.register_mailbox_row(settings, record) is False and report.retry_after is None:
+        report.retry_after = REGISTRY_RETRY
+        report.retry_reason = "DatabaseUnavailable"
 
 
 def _reconcile(
@@ -221,6 +251,7 @@ def _reconcile(
 ) -> None:
     """Gather the workspace and its keys, seal what came in, then verify what is sealed."""
     workspace, workspace_uid, key_provider = _workspace(clients, mailbox.namespace or "")
+    report.workspace_uid = workspace_uid
     try:
         keys = load_keys(clients, providers.get(key_provider), workspace, workspace_uid)
     except KeyNotReady as err:
@@ -554,6 +585,18 @@ def _oauth_client(
             condition="Verified",
         )
     ref = oauth.client_secret_ref
+    if ref.name.startswith(RESERVED_SECRET_PREFIX):
+        # numail-* Secrets are the operator's (the workers' DSN, keys, sealed credentials):
+        # never sent to a provider as a client secret, never granted to the workers.
+        if not required:
+            return None, ""
+        raise _NotReady(
+            "ReservedSecretName",
+            f"spec.oauth.clientSecretRef names {ref.name}, but Secrets named "
+            f"{RESERVED_SECRET_PREFIX}* belong to the operator: put the OAuth client secret in "
+            "a Secret of another name",
+            condition="Verified",
+        )
     secret = k8s.read_secret(clients, mailbox.namespace or "", ref.name)
     value = (secret.data or {}).get(ref.key) if secret is not None else None
     if secret is None or not value:
@@ -689,6 +732,22 @@ def finalize_mailbox(
                 ("Normal", "IntakeSecretDeleted", f"deleted intake Secret {intake} unsealed")
             )
     workspace_uid = labels.get(LABEL_WORKSPACE_UID, "")
+    mailbox_uid = str(metadata.get("uid") or "")
+    recorded = (
+        records.disconnect_mailbox(settings, workspace_uid, mailbox_uid, f"{namespace}/{name}")
+        if workspace_uid and mailbox_uid
+        else None
+    )
+    if recorded is False:
+        events.append(
+            (
+                "Warning",
+                "DisconnectNotRecorded",
+                "the database could not be reached to mark this mailbox disconnected; the "
+                "Workspace's next pass does it (until then its jobs fail to open the "
+                "destroyed credentials and wait)",
+            )
+        )
     if workspace_uid:
         audit_mailbox_event(
             settings,

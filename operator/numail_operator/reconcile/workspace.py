@@ -7,21 +7,25 @@ namespace whose isolation isn't in place yet.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from numail import redact
 from numail.api import REPLY_WORKER_SA, SEND_WORKER_SA
 from numail.api.conditions import set_condition
 from numail.api.models import Condition, Workspace
 from numail.api.models import WorkerSpec as ModelWorkerSpec
 from numail_operator import k8s
 from numail_operator.build.workspace import (
+    DATABASE_SECRET,
     PlatformEndpoints,
     WorkerSpec,
     WorkspaceInputs,
+    build_database_secret,
     build_namespace,
     build_workspace_children,
 )
@@ -46,7 +50,33 @@ class Gathered:
     """Inputs already known from the operator's watches; None means ask the apiserver."""
 
     mailboxes: list[str] | None = None
+    # Secrets the Mailboxes name in spec.oauth.clientSecretRef; None means ask the apiserver.
+    client_secrets: list[str] | None = None
     key_providers: dict[str, dict[str, Any] | None] | None = None
+
+
+@dataclass(frozen=True)
+class MailboxInventory:
+    """What a Workspace's children depend on from its Mailboxes: their names (the sealed
+    Secrets) and the OAuth client secrets they name (the worker Roles grant both)."""
+
+    names: list[str] = field(default_factory=list)
+    client_secrets: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, mailboxes: list[dict[str, Any]]) -> MailboxInventory:
+        names = sorted(str(m["metadata"]["name"]) for m in mailboxes)
+        secrets = set()
+        for m in mailboxes:
+            oauth = (m.get("spec") or {}).get("oauth") or {}
+            ref = oauth.get("clientSecretRef") or {}
+            if ref.get("name"):
+                secrets.add(str(ref["name"]))
+        return cls(names, sorted(secrets))
+
+
+def mailbox_inventory(clients: k8s.Clients, namespace: str) -> MailboxInventory:
+    return MailboxInventory.of(k8s.list_mailboxes(clients, namespace))
 
 
 @dataclass
@@ -88,7 +118,10 @@ def _conditions(status: dict[str, Any]) -> list[Condition]:
     return out
 
 
-def inputs_for(ws: Workspace, settings: Settings, mailboxes: list[str]) -> WorkspaceInputs:
+def inputs_for(
+    ws: Workspace, settings: Settings, mailboxes: MailboxInventory | None = None
+) -> WorkspaceInputs:
+    mailboxes = mailboxes or MailboxInventory()
     spec = ws.spec
     workers = spec.workers
     quota = spec.quota
@@ -102,7 +135,9 @@ def inputs_for(ws: Workspace, settings: Settings, mailboxes: list[str]) -> Works
         retain=spec.deletion_policy == "Retain",
         send_worker=_worker(workers.send_worker if workers else None, settings),
         reply_worker=_worker(workers.reply_worker if workers else None, settings),
-        mailboxes=tuple(mailboxes),
+        mailboxes=tuple(mailboxes.names),
+        oauth_client_secrets=tuple(mailboxes.client_secrets),
+        database=settings.worker_database_secret is not None,
         max_mailboxes=quota.max_mailboxes if quota else None,
         quota_cpu=quota.cpu if quota else None,
         quota_memory=quota.memory if quota else None,
@@ -112,12 +147,64 @@ def inputs_for(ws: Workspace, settings: Settings, mailboxes: list[str]) -> Works
             system_namespace=settings.system_namespace,
             keyservice_url=settings.keyservice_url,
             keyservice_port=settings.keyservice_port,
+            api_server_cidrs=settings.worker_api_server_cidrs,
+            api_server_ports=settings.worker_api_server_ports,
         ),
     )
 
 
-def desired_children(ws: Workspace, settings: Settings, mailboxes: list[str]) -> list[Manifest]:
+def desired_children(
+    ws: Workspace, settings: Settings, mailboxes: MailboxInventory
+) -> list[Manifest]:
     return build_workspace_children(inputs_for(ws, settings, mailboxes))
+
+
+@dataclass(frozen=True)
+class DatabaseSecret:
+    """Whether the workers' DSN Secret is in place: the WorkerDatabase condition's content, and
+    the copy to apply (None when there is nothing to copy)."""
+
+    ok: bool
+    reason: str
+    message: str
+    manifest: Manifest | None = None
+
+
+def desired_database_secret(
+    clients: k8s.Clients, settings: Settings, inputs: WorkspaceInputs
+) -> DatabaseSecret:
+    """Read the operator's worker-DSN Secret and build its copy for the workspace namespace.
+    The value is registered with the redactor and never put into a message."""
+    source = settings.worker_database_secret
+    if source is None:
+        return DatabaseSecret(
+            False,
+            "WorkerDatabaseNotConfigured",
+            "the operator has no worker database Secret (NUMAIL_WORKER_DATABASE_SECRET, chart "
+            "value workers.database.existingSecret), so the send and reply workers get no "
+            "NUMAIL_DATABASE_URL and can't run: set it to a Secret in "
+            f"{settings.system_namespace} holding a numail_worker DSN",
+        )
+    key = settings.worker_database_secret_key
+    secret = k8s.read_secret(clients, settings.system_namespace, source)
+    value = (secret.data or {}).get(key) if secret is not None else None
+    if not value:
+        what = "does not exist" if secret is None else f"has no key {key!r}"
+        return DatabaseSecret(
+            False,
+            "WorkerDatabaseSecretMissing",
+            f"the worker database Secret {settings.system_namespace}/{source} {what}; the "
+            f"workers wait for Secret {inputs.namespace}/{DATABASE_SECRET}: create it",
+        )
+    redact.register(value)
+    redact.register(base64.b64decode(value))
+    return DatabaseSecret(
+        True,
+        "Copied",
+        f"workers read NUMAIL_DATABASE_URL from Secret {DATABASE_SECRET}, a copy of "
+        f"{settings.system_namespace}/{source}",
+        build_database_secret(inputs, value),
+    )
 
 
 def reconcile_workspace(
@@ -146,19 +233,19 @@ def reconcile_workspace(
         )
         changed = changed or did
 
-    inputs = inputs_for(ws, settings, [])
+    inputs = inputs_for(ws, settings)
     parent_problem, parent_uid = _parent(clients, ws)
     if parent_problem:
         condition("Ready", False, "ParentNotReady", parent_problem)
         return _outcome(status, conditions, changed or True, generation, events, retry_after=15)
 
     applier.apply(build_namespace(inputs))
-    mailboxes = (
-        cache.mailboxes
-        if cache is not None and cache.mailboxes is not None
-        else k8s.list_mailbox_names(clients, inputs.namespace)
-    )
-    inputs = inputs_for(ws, settings, mailboxes)
+    if cache is not None and cache.mailboxes is not None and cache.client_secrets is not None:
+        inventory = MailboxInventory(list(cache.mailboxes), list(cache.client_secrets))
+    else:
+        inventory = mailbox_inventory(clients, inputs.namespace)
+    mailboxes = inventory.names
+    inputs = inputs_for(ws, settings, inventory)
     condition(
         "NamespaceReady", True, "Applied", f"namespace {inputs.namespace} is labelled restricted"
     )
@@ -180,7 +267,12 @@ def reconcile_workspace(
         new_status = _outcome(status, conditions, True, generation, events, retry_after=10)
         return new_status
     registered = records.register(
-        settings, inputs.uid, inputs.name, parent_uid, ws.spec.parent_access
+        settings,
+        inputs.uid,
+        inputs.name,
+        parent_uid,
+        ws.spec.parent_access,
+        mailboxes=(inputs.namespace, mailboxes),
     )
     if keys.created:
         target = f"workspace/{inputs.name}"
@@ -209,7 +301,10 @@ def reconcile_workspace(
         "KeyReady", True, "DataKeyAvailable", f"DEK v{keys.dek.version} wrapped by {keys.key_id}"
     )
 
+    database = desired_database_secret(clients, settings, inputs)
     try:
+        if database.manifest is not None:
+            applier.apply(database.manifest)  # before the Deployments whose Pods read it
         for manifest in build_workspace_children(inputs):
             applier.apply(manifest)
     except ApiException as err:
@@ -226,6 +321,10 @@ def reconcile_workspace(
     condition(
         "WorkersProvisioned", True, "Applied", "send and reply workers with least-privilege RBAC"
     )
+    before = next((c for c in conditions if c.type == "WorkerDatabase"), None)
+    condition("WorkerDatabase", database.ok, database.reason, database.message)
+    if not database.ok and (before is None or before.reason != database.reason):
+        events.append(("Warning", database.reason, database.message))
     condition("Ready", True, "Reconciled", "workspace is provisioned")
 
     desired = {
