@@ -330,3 +330,21 @@ def start_dovecot(cert: ServingCert, passwords: dict[str, str]) -> DovecotServer
         server.stop()
         raise RuntimeError(f"dovecot did not start ({err}):\n{logs[-4000:]}") from None
     return server
+
+
+def append_to_inbox(
+    server: DovecotServer, ca: Path, user: str, raw: bytes, flags: str = ""
+) -> None:
+    """Deliver `raw` into `user`'s INBOX with IMAP APPEND, as a mail client or an MDA would
+    (the reply detector's tests: replies, bounces and auto-replies arrive this way)."""
+    import imaplib
+
+    context = ssl.create_default_context(cafile=str(ca))
+    client = imaplib.IMAP4_SSL("127.0.0.1", server.imaps_port, ssl_context=context)
+    try:
+        client.login(user, server.passwords[user])
+        stamp = imaplib.Time2Internaldate(time.time())
+        status, _ = client.append("INBOX", f"({flags})" if flags else None, stamp, raw)
+        assert status == "OK", status
+    finally:
+        client.logout()

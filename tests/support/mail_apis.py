@@ -20,6 +20,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import datetime
 import itertools
 import json
 import os
@@ -358,6 +359,7 @@ class GmailApi(_FakeApi):
         self.sent: dict[str, bytes] = {}
         self.app.router.add_post("/gmail/v1/users/me/messages/send", self._send)
         self.app.router.add_get("/gmail/v1/users/me/messages", self._list)
+        self._init_inbox()
 
     async def _send(self, request: web.Request) -> web.Response:
         if not self._authorized(request, "send"):
@@ -388,6 +390,8 @@ class GmailApi(_FakeApi):
                 401, "Request had invalid authentication credentials.", "authError"
             )
         query = request.query.get("q", "")
+        if query and not query.startswith("rfc822msgid:"):
+            return self._list_inbox(request)
         wanted = query.removeprefix("rfc822msgid:").strip().strip("<>")
         with self.lock:
             found = [
@@ -399,6 +403,158 @@ class GmailApi(_FakeApi):
         if not found:
             return web.json_response({"resultSizeEstimate": 0})
         return web.json_response({"messages": found, "resultSizeEstimate": len(found)})
+
+    # --- inbound: users.getProfile, users.history.list, users.messages.get?format=raw, and
+    # users.messages.list with `in:inbox after:<epoch seconds>` (the reply detector) -------
+
+    def _init_inbox(self) -> None:
+        self.inbox: dict[str, GmailInboxMessage] = {}
+        self.history_id = 1000
+        self.history_floor = 0  # startHistoryId below this answers 404, as expired history does
+        self.page_size = 100  # at most this many per page, whatever maxResults asks
+        self.inbox_failures: list[int] = []  # statuses for the next inbound calls
+        self.app.router.add_get("/gmail/v1/users/me/profile", self._profile)
+        self.app.router.add_get("/gmail/v1/users/me/history", self._history)
+        self.app.router.add_get("/gmail/v1/users/me/messages/{id}", self._get_message)
+
+    def deliver(self, raw: bytes, labels: tuple[str, ...] = ("INBOX", "UNREAD")) -> str:
+        """A message arrives: a new history record adds it with `labels`."""
+        gmail_id = secrets.token_hex(8)
+        with self.lock:
+            self.history_id += 3  # Gmail's history ids grow, not one by one
+            self.inbox[gmail_id] = GmailInboxMessage(
+                gmail_id, raw, int(time.time() * 1000), list(labels), self.history_id
+            )
+        return gmail_id
+
+    def expire_history(self) -> None:
+        """Forget all history so far: an older startHistoryId now answers 404."""
+        with self.lock:
+            self.history_floor = self.history_id + 1
+
+    def _inbound_failure(self) -> web.Response | None:
+        with self.lock:
+            status = self.inbox_failures.pop(0) if self.inbox_failures else None
+        if status is None:
+            return None
+        return _google_error(status, "Backend Error", "backendError")
+
+    def _page(self, request: web.Request, items: list[Any]) -> tuple[list[Any], str | None]:
+        try:
+            size = min(int(request.query.get("maxResults", "100")), self.page_size)
+            start = int(request.query.get("pageToken") or 0)
+        except ValueError:
+            return [], None
+        chunk = items[start : start + size]
+        more = start + size < len(items)
+        return chunk, str(start + size) if more else None
+
+    async def _profile(self, request: web.Request) -> web.Response:
+        if not self._authorized(request, "profile"):
+            return _google_error(
+                401, "Request had invalid authentication credentials.", "authError"
+            )
+        failure = self._inbound_failure()
+        if failure is not None:
+            return failure
+        with self.lock:
+            return web.json_response(
+                {
+                    "emailAddress": "me@gmail.test",
+                    "messagesTotal": len(self.inbox),
+                    "threadsTotal": len(self.inbox),
+                    "historyId": str(self.history_id),
+                }
+            )
+
+    async def _history(self, request: web.Request) -> web.Response:
+        if not self._authorized(request, "history"):
+            return _google_error(
+                401, "Request had invalid authentication credentials.", "authError"
+            )
+        failure = self._inbound_failure()
+        if failure is not None:
+            return failure
+        try:
+            start = int(request.query["startHistoryId"])
+        except (KeyError, ValueError):
+            return _google_error(400, "Invalid startHistoryId", "invalidArgument")
+        label = request.query.get("labelId")
+        with self.lock:
+            if start < self.history_floor:
+                return _google_error(404, "Requested entity was not found.", "notFound")
+            current = self.history_id
+            records = [
+                {
+                    "id": str(m.history_id),
+                    "messages": [{"id": m.id, "threadId": m.id}],
+                    "messagesAdded": [
+                        {"message": {"id": m.id, "threadId": m.id, "labelIds": m.labels}}
+                    ],
+                }
+                for m in sorted(self.inbox.values(), key=lambda m: m.history_id)
+                if m.history_id > start and (label is None or label in m.labels)
+            ]
+        chunk, token = self._page(request, records)
+        body: dict[str, Any] = {"historyId": str(current)}
+        if chunk:
+            body["history"] = chunk
+        if token:
+            body["nextPageToken"] = token
+        return web.json_response(body)
+
+    def _list_inbox(self, request: web.Request) -> web.Response:
+        query = request.query.get("q", "")
+        after = re.search(r"\bafter:(\d+)\b", query)
+        since_ms = int(after.group(1)) * 1000 if after else 0
+        in_inbox = "in:inbox" in query
+        with self.lock:
+            found = [
+                {"id": m.id, "threadId": m.id}
+                for m in sorted(self.inbox.values(), key=lambda m: -m.history_id)
+                if m.internal_date >= since_ms and (not in_inbox or "INBOX" in m.labels)
+            ]
+        chunk, token = self._page(request, found)
+        body: dict[str, Any] = {"resultSizeEstimate": len(found)}
+        if chunk:
+            body["messages"] = chunk
+        if token:
+            body["nextPageToken"] = token
+        return web.json_response(body)
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        if not self._authorized(request, "get"):
+            return _google_error(
+                401, "Request had invalid authentication credentials.", "authError"
+            )
+        failure = self._inbound_failure()
+        if failure is not None:
+            return failure
+        with self.lock:
+            m = self.inbox.get(request.match_info["id"])
+        if m is None:
+            return _google_error(404, "Requested entity was not found.", "notFound")
+        body: dict[str, Any] = {
+            "id": m.id,
+            "threadId": m.id,
+            "labelIds": m.labels,
+            "snippet": "",
+            "sizeEstimate": len(m.raw),
+            "historyId": str(m.history_id),
+            "internalDate": str(m.internal_date),
+        }
+        if request.query.get("format") == "raw":
+            body["raw"] = base64.urlsafe_b64encode(m.raw).decode()
+        return web.json_response(body)
+
+
+@dataclass
+class GmailInboxMessage:
+    id: str
+    raw: bytes
+    internal_date: int  # ms since the epoch, as Gmail's internalDate
+    labels: list[str]
+    history_id: int
 
 
 @dataclass
@@ -422,6 +578,7 @@ class GraphApi(_FakeApi):
         self.app.router.add_post("/v1.0/me/messages", self._create)
         self.app.router.add_post("/v1.0/me/messages/{id}/send", self._send)
         self.app.router.add_get("/v1.0/me/mailFolders/{folder}/messages", self._list)
+        self._init_inbox()
 
     def _denied(self) -> web.Response:
         return _graph_error(401, "InvalidAuthenticationToken", "Access token validation failure.")
@@ -485,6 +642,128 @@ class GraphApi(_FakeApi):
     def in_folder(self, folder: str) -> list[GraphMessage]:
         with self.lock:
             return [m for m in self.messages.values() if m.folder == folder]
+
+    # --- inbound: the inbox's messages delta (nextLink / deltaLink paging, 410 for an expired
+    # link) and the MIME content at /me/messages/{id}/$value (the reply detector) ----------
+
+    def _init_inbox(self) -> None:
+        self.inbox: dict[str, GraphInboxMessage] = {}
+        self.inbox_seq = 0
+        self.delta_floor = 0  # delta tokens below this answer 410, as expired ones do
+        self.inbox_failures: list[int] = []
+        self.app.router.add_get("/v1.0/me/mailFolders/{folder}/messages/delta", self._delta)
+        self.app.router.add_get("/v1.0/me/messages/{id}/$value", self._value)
+
+    def deliver(self, raw: bytes, received: datetime.datetime | None = None) -> str:
+        parsed = message_from_bytes(raw, policy=policy.default)
+        graph_id = "AAMkAGI2" + secrets.token_urlsafe(24)
+        with self.lock:
+            self.inbox_seq += 1
+            self.inbox[graph_id] = GraphInboxMessage(
+                graph_id,
+                raw,
+                str(parsed.get("Message-ID", "")),
+                received or datetime.datetime.now(datetime.UTC),
+                self.inbox_seq,
+            )
+        return graph_id
+
+    def expire_delta_links(self) -> None:
+        with self.lock:
+            self.delta_floor = self.inbox_seq + 1
+
+    @staticmethod
+    def _token(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    @staticmethod
+    def _untoken(text: str) -> dict[str, Any]:
+        loaded = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if not isinstance(loaded, dict):
+            raise ValueError("not a token")
+        return loaded
+
+    async def _delta(self, request: web.Request) -> web.Response:
+        if not self._authorized(request, "delta"):
+            return self._denied()
+        with self.lock:
+            failure = self.inbox_failures.pop(0) if self.inbox_failures else None
+        if failure is not None:
+            return _graph_error(failure, "ErrorServerBusy", "The server is busy.")
+        if request.match_info["folder"].lower() != "inbox":
+            return _graph_error(400, "ErrorInvalidRequest", "Only the inbox is served here")
+        prefer = re.search(r"odata\.maxpagesize=(\d+)", request.headers.get("Prefer", ""))
+        page = int(prefer.group(1)) if prefer else 10
+        query = request.query
+        try:
+            if "$skiptoken" in query:
+                state = self._untoken(query["$skiptoken"])
+            elif "$deltatoken" in query:
+                state = {**self._untoken(query["$deltatoken"]), "offset": 0}
+            else:
+                since = 0.0
+                match = re.match(r"^receivedDateTime (?:ge|gt) (\S+)$", query.get("$filter", ""))
+                if query.get("$filter") and match is None:
+                    return _graph_error(400, "BadRequest", "Unsupported filter for delta")
+                if match:
+                    stamp = match.group(1).replace("Z", "+00:00")
+                    since = datetime.datetime.fromisoformat(stamp).timestamp()
+                state = {"after": 0, "since": since, "offset": 0}
+        except (ValueError, KeyError):
+            return _graph_error(400, "BadRequest", "Invalid token")
+        with self.lock:
+            if state["after"] < self.delta_floor and "$deltatoken" in query:
+                return _graph_error(410, "SyncStateNotFound", "The sync state is not found.")
+            ordered = [
+                m
+                for m in sorted(self.inbox.values(), key=lambda m: m.seq)
+                if m.seq > state["after"] and m.received.timestamp() >= state["since"]
+            ]
+            watermark = state.get("watermark", self.inbox_seq)
+        ordered = [m for m in ordered if m.seq <= watermark]
+        offset = int(state["offset"])
+        chunk = ordered[offset : offset + page]
+        base = f"{request.url.origin()}/v1.0/me/mailFolders/inbox/messages/delta"
+        body: dict[str, Any] = {
+            "@odata.context": f"{request.url.origin()}/v1.0/$metadata#Collection(message)",
+            "value": [
+                {
+                    "@odata.type": "#microsoft.graph.message",
+                    "@odata.etag": f'W/"{m.seq}"',
+                    "id": m.id,
+                    "receivedDateTime": m.received.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "internetMessageId": m.internet_message_id,
+                }
+                for m in chunk
+            ],
+        }
+        if offset + page < len(ordered):
+            body["@odata.nextLink"] = "{}?$skiptoken={}".format(
+                base, self._token({**state, "offset": offset + page, "watermark": watermark})
+            )
+        else:
+            body["@odata.deltaLink"] = "{}?$deltatoken={}".format(
+                base, self._token({"after": watermark, "since": 0})
+            )
+        return web.json_response(body)
+
+    async def _value(self, request: web.Request) -> web.Response:
+        if not self._authorized(request, "value"):
+            return self._denied()
+        with self.lock:
+            m = self.inbox.get(request.match_info["id"])
+        if m is None:
+            return _graph_error(404, "ErrorItemNotFound", "The specified object was not found.")
+        return web.Response(body=m.raw, content_type="text/plain")
+
+
+@dataclass
+class GraphInboxMessage:
+    id: str
+    raw: bytes
+    internet_message_id: str
+    received: datetime.datetime
+    seq: int
 
 
 # --- a switch for "the provider is unreachable" -----------------------------------------------
@@ -874,3 +1153,115 @@ class SendWorld:
 
     def all_logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("*.log")))
+
+
+# --- the reply detector's harness -------------------------------------------------------------
+
+
+def mark_sent(world: SendWorld, enqueued: Iterable[jobs_db.Enqueued]) -> None:
+    """Record jobs as sent the way the engine's finish does (state sent, a sent_messages row),
+    without a provider: the reply detector's tests start from mail that went out."""
+    ids = [e.job_id for e in enqueued]
+    world.query(
+        "UPDATE send_jobs SET state = 'sent', sent_at = now(), lease_owner = NULL "
+        "WHERE id = ANY(%s) RETURNING id",
+        [ids],
+    )
+    world.query(
+        "INSERT INTO sent_messages (workspace_id, send_job_id, mailbox_id, lead_id, message_id, "
+        "sent_at) SELECT workspace_id, id, mailbox_id, lead_id, message_id, sent_at "
+        "FROM send_jobs WHERE id = ANY(%s) RETURNING id",
+        [ids],
+    )
+
+
+def reply_detector(
+    world: SendWorld,
+    *,
+    mail_ca_file: str | None = None,
+    https_ca_file: str | None = None,
+    google_token_uri: str | None = None,
+    gmail_api_url: str | None = None,
+    microsoft_authority_host: str | None = None,
+    graph_url: str | None = None,
+) -> Any:
+    """An in-process ReplyDetector for `world`, with its own metrics registry, reading the
+    world's sealed credentials with the local KEK, as `python -m numail_workers.reply` would."""
+    from functools import partial
+
+    from numail_workers.credentials import DirectoryCredentialSource, LocalKeySource
+    from numail_workers.inbound_detector import DetectorSettings, ReplyDetector
+    from numail_workers.inbound_readers import ReaderSettings, open_reader
+    from numail_workers.metrics import ReplyMetrics
+    from numail_workers.senders import SenderEndpoints
+    from prometheus_client import CollectorRegistry
+
+    from numail.providers.base import ProviderEndpoints
+
+    default = ProviderEndpoints()
+    endpoints = SenderEndpoints(
+        providers=ProviderEndpoints(
+            google_token_uri=google_token_uri or default.google_token_uri,
+            microsoft_authority_host=microsoft_authority_host or default.microsoft_authority_host,
+            graph_url=graph_url or default.graph_url,
+            https_ca_file=https_ca_file,
+            mail_ca_file=mail_ca_file,
+            timeout=5.0,
+        ),
+        gmail_api_url=gmail_api_url or SenderEndpoints.gmail_api_url,
+    )
+    settings = DetectorSettings(poll_seconds=0.5, backoff_max_seconds=2.0, reader=ReaderSettings())
+    uid = str(world.workspace_id)
+    return ReplyDetector(
+        dsn=world.worker_dsn,
+        workspace_id=world.workspace_id,
+        settings=settings,
+        credentials=DirectoryCredentialSource(world.credentials_dir, world.namespace, uid),
+        keys=LocalKeySource(LocalKeyProvider.from_file(world.keyring), world.workspace, uid),
+        open_reader=partial(open_reader, endpoints, settings.reader),
+        metrics=ReplyMetrics(world.workspace, registry=CollectorRegistry()),
+    )
+
+
+def inbound_reply(
+    answers: str,
+    *,
+    sender: str = "ada@example.com",
+    to: str = "sales@client1.test",
+    references: Iterable[str] = (),
+    message_id: str | None = None,
+    headers: str = "",
+) -> bytes:
+    refs = " ".join([*references, answers])
+    text = (
+        f"From: Ada <{sender}>\nTo: {to}\nSubject: Re: Hello Ada\n"
+        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\n"
+        f"Message-ID: {message_id or f'<{uuid.uuid4()}@example.com>'}\n"
+        f"In-Reply-To: {answers}\nReferences: {refs}\n{headers}"
+        "Content-Type: text/plain; charset=utf-8\n\nThanks, let's talk.\n\n> A short note.\n"
+    )
+    return text.replace("\n", "\r\n").encode()
+
+
+def inbound_dsn(
+    original: str,
+    *,
+    recipient: str,
+    action: str = "failed",
+    status: str = "5.1.1",
+    to: str = "sales@client1.test",
+) -> bytes:
+    text = (
+        "From: MAILER-DAEMON@mx.example.com (Mail Delivery System)\n"
+        f"To: {to}\nSubject: Undelivered Mail Returned to Sender\n"
+        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\n"
+        f"Message-ID: <{uuid.uuid4()}@mx.example.com>\nAuto-Submitted: auto-replied\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\n\n'
+        "--b1\nContent-Type: text/plain\n\nYour message could not be delivered.\n\n"
+        "--b1\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.com\n\n"
+        f"Final-Recipient: rfc822; {recipient}\nAction: {action}\nStatus: {status}\n\n"
+        "--b1\nContent-Type: text/rfc822-headers\n\n"
+        f"Message-ID: {original}\nSubject: Hello Ada\n\n--b1--\n"
+    )
+    return text.replace("\n", "\r\n").encode()

@@ -65,3 +65,59 @@ class SendMetrics:
     def set_depth(self, depth: dict[str, int]) -> None:
         self.queue_depth.labels(self.workspace).set(depth["scheduled"] + depth["claimed"])
         self.unknown_jobs.labels(self.workspace).set(depth["unknown"])
+
+
+class ReplyMetrics:
+    """The reply detector's metrics. `numail_reply_poll_errors_total` is the one to watch: a
+    mailbox whose provider can't be read keeps its cursor, so nothing is lost, but its replies
+    do not stop sequences until it can be read again."""
+
+    KINDS = (
+        "reply",
+        "auto_reply",
+        "hard_bounce",
+        "soft_bounce",
+        "unmatched",
+        "duplicate",
+        "ignored",
+        "unreadable",
+    )
+    PROVIDERS = ("imap", "gmail", "graph")
+
+    def __init__(self, workspace: str, registry: CollectorRegistry = REGISTRY) -> None:
+        self.workspace = workspace
+        self.inbound = Counter(
+            "numail_reply_inbound",
+            "Inbound messages read, by what they were: reply, auto_reply, hard_bounce, "
+            "soft_bounce; unmatched (answers no sent message), duplicate (already recorded), "
+            "ignored (concerns no sent message), unreadable (could not be classified)",
+            ["kind"],
+            registry=registry,
+        )
+        self.cancelled_jobs = Counter(
+            "numail_reply_cancelled_jobs",
+            "Pending send jobs cancelled because their lead replied or hard-bounced",
+            registry=registry,
+        )
+        self.polls = Counter(
+            "numail_reply_polls", "Mailbox polls, by provider", ["provider"], registry=registry
+        )
+        self.poll_errors = Counter(
+            "numail_reply_poll_errors",
+            "Mailbox polls that failed (provider unreachable, login refused, credentials "
+            "unavailable); the cursor is kept",
+            ["provider"],
+            registry=registry,
+        )
+        self.poll_seconds = Histogram(
+            "numail_reply_poll_seconds",
+            "Time to poll one mailbox, reading and recording included",
+            ["provider"],
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+        )
+        for kind in self.KINDS:
+            self.inbound.labels(kind)
+        for provider in self.PROVIDERS:
+            self.polls.labels(provider)
+            self.poll_errors.labels(provider)
