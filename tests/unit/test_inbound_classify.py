@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from numail_workers.inbound import classify, message_ids
 
 SENT = "<0b7c6a4e-5f1d-4c2a-9d8e-111111111111@client1.test>"
@@ -422,7 +421,7 @@ _PIECES = st.sampled_from(
         b"Content-Type: message/delivery-status\r\n",
         b"Content-Type: message/rfc822\r\n",
         b"Content-Type: text/rfc822-headers\r\n",
-        b"Content-Type: text/plain; charset=\"no-such-charset\"\r\n",
+        b'Content-Type: text/plain; charset="no-such-charset"\r\n',
         b"Content-Transfer-Encoding: base64\r\n",
         b"Content-Transfer-Encoding: quoted-printable\r\n",
         b"From: MAILER-DAEMON@x\r\n",
