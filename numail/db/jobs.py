@@ -2,9 +2,9 @@
 
 Every call is one workspace-scoped transaction (numail.db.workspace_session), so row-level
 security holds the engine to one workspace whatever its callers pass. The state machine lives
-in the functions of migration 0004; this module only shapes their arguments and results, so
-the rules (leases, daily caps, suppression, unknown outcomes) are enforced in one place, by the
-database, whichever process calls them. docs/send-engine.md describes the states.
+in the functions of migrations 0004 and 0005; this module only shapes their arguments and
+results, so the rules (leases, daily caps, suppression, unknown outcomes) are enforced in one
+place, by the database, whichever process calls them. docs/send-engine.md describes the states.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def claim(
     lease_seconds: float,
     settle_delay_seconds: float,
 ) -> list[ClaimedJob]:
-    """Lease up to `limit` jobs to `owner`; see numail_claim_send_jobs in migration 0004."""
+    """Lease up to `limit` jobs to `owner`; see numail_claim_send_jobs in migration 0005."""
     with workspace_session(conn, workspace_id):
         rows = conn.execute(
             "SELECT * FROM numail_claim_send_jobs(%s, %s, %s, %s)",
@@ -216,7 +216,8 @@ def start_attempts(
     *,
     lease_seconds: float,
 ) -> Started:
-    """Move leased jobs to `sending`, recording an attempt each. Send only what comes back."""
+    """Move leased jobs to `sending` and renew the lease. Send only what comes back: nothing
+    when the lease was already lost."""
     ids = list(job_ids)
     if not ids:
         return Started({}, [])
@@ -274,31 +275,59 @@ def heartbeat(
     conn: psycopg.Connection[Any],
     workspace_id: UUID | str,
     owner: str,
-    job_ids: Iterable[UUID],
+    held: Iterable[UUID],
     *,
     lease_seconds: float,
+    settle_delay_seconds: float,
 ) -> int:
-    """Extend the leases `owner` still holds on `job_ids`; returns how many it still holds."""
-    ids = list(job_ids)
-    if not ids:
-        return 0
+    """Renew `owner`'s lease, which covers every job it holds, and hand back the jobs its row
+    lists that are not in `held` (see numail_send_heartbeat in migration 0005).
+
+    Returns how many jobs `owner` still holds, or -1 when its lease was lost: another worker
+    took its jobs back, and none of them may be handed over by `owner` any more.
+    """
     with workspace_session(conn, workspace_id):
-        cur = conn.execute(
-            "UPDATE send_jobs SET lease_until = now() + make_interval(secs => %s) "
-            "WHERE id = ANY(%s) AND lease_owner = %s "
-            "AND state IN ('claimed', 'sending', 'unknown')",
-            [float(lease_seconds), ids, owner],
-        )
-        return cur.rowcount
+        row = conn.execute(
+            "SELECT numail_send_heartbeat(%s, %s::uuid[], %s, %s)",
+            [owner, list(held), float(lease_seconds), float(settle_delay_seconds)],
+        ).fetchone()
+    return -1 if row is None else int(row[0])
+
+
+def worker_stopped(
+    conn: psycopg.Connection[Any],
+    workspace_id: UUID | str,
+    owner: str,
+    *,
+    settle_delay_seconds: float,
+) -> int:
+    """End `owner`'s lease at a clean stop; jobs it still lists go back (sending -> unknown)."""
+    with workspace_session(conn, workspace_id):
+        row = conn.execute(
+            "SELECT numail_send_worker_stopped(%s, %s)", [owner, float(settle_delay_seconds)]
+        ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def queue_depth(conn: psycopg.Connection[Any], workspace_id: UUID | str) -> dict[str, int]:
-    """Jobs not yet final, by state (scheduled includes those not due yet)."""
+    """Jobs not yet final, by state (scheduled includes those not due yet).
+
+    Waiting jobs are counted from send_queue and jobs in hand from the workers' rows, so this
+    never scans send_jobs, which has no index on state (migration 0005 says why).
+    """
     with workspace_session(conn, workspace_id):
         rows = conn.execute(
-            "SELECT state, count(*) FROM send_jobs WHERE workspace_id = %s "
-            "AND state IN ('scheduled', 'claimed', 'sending', 'unknown') GROUP BY state",
-            [UUID(str(workspace_id))],
+            """
+            SELECT j.state, count(*)
+              FROM (SELECT q.job_id AS id FROM send_queue q WHERE q.workspace_id = %(ws)s
+                    UNION
+                    SELECT x.id FROM send_workers w, unnest(w.jobs) AS x (id)
+                     WHERE w.workspace_id = %(ws)s) k
+              JOIN send_jobs j ON j.id = k.id
+             WHERE j.state IN ('scheduled', 'claimed', 'sending', 'unknown')
+             GROUP BY j.state
+            """,
+            {"ws": UUID(str(workspace_id))},
         ).fetchall()
     depth = dict.fromkeys(("scheduled", "claimed", "sending", "unknown"), 0)
     depth.update({str(s): int(n) for s, n in rows})
@@ -306,11 +335,10 @@ def queue_depth(conn: psycopg.Connection[Any], workspace_id: UUID | str) -> dict
 
 
 def next_due(conn: psycopg.Connection[Any], workspace_id: UUID | str) -> datetime | None:
-    """When the earliest job that is waiting becomes due, so an idle worker knows when to look."""
+    """When the earliest waiting job becomes due, so an idle worker knows when to look."""
     with workspace_session(conn, workspace_id):
         row = conn.execute(
-            "SELECT min(due_at) FROM send_jobs WHERE workspace_id = %s "
-            "AND state IN ('scheduled', 'unknown')",
+            "SELECT min(due_at) FROM send_queue WHERE workspace_id = %s",
             [UUID(str(workspace_id))],
         ).fetchone()
     return None if row is None else row[0]

@@ -31,6 +31,9 @@ SEEDED_TABLES = {
     "send_jobs",
     "send_attempts",
     "mailbox_daily_sends",
+    "send_queue",
+    "send_workers",
+    "inbound_cursors",
     "sent_messages",
     "replies",
     "suppression_entries",
@@ -93,6 +96,20 @@ def seed(conn: psycopg.Connection[Any], ws: UUID, name: str, parent: UUID | None
             "INSERT INTO send_attempts (workspace_id, send_job_id, attempt, worker, outcome) "
             "VALUES (%s, %s, 1, 'seed', 'sent')",
             [ws, job],
+        ),
+        (
+            "INSERT INTO send_queue (job_id, workspace_id, due_at) VALUES (%s, %s, now())",
+            [job, ws],
+        ),
+        (
+            "INSERT INTO send_workers (workspace_id, owner, lease_until, jobs) "
+            "VALUES (%s, 'seed', now(), ARRAY[%s]::uuid[])",
+            [ws, job],
+        ),
+        (
+            "INSERT INTO inbound_cursors (workspace_id, mailbox_id, uidvalidity, last_uid) "
+            "VALUES (%s, %s, 1, 1)",
+            [ws, mailbox],
         ),
         (
             "INSERT INTO mailbox_daily_sends (workspace_id, mailbox_id, day, reserved) "

@@ -1,15 +1,12 @@
 """The send worker's pure parts (classification, parsing, backoff, message bytes) and its process
-edges (configuration errors, the reply worker stub); no database or mail server needed."""
+edges (configuration errors); no database or mail server needed."""
 
 from __future__ import annotations
 
 import email.policy
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from email import message_from_bytes
 from typing import Any
@@ -24,7 +21,6 @@ from numail_workers.senders.smtp import dot_stuffed, is_hard_bounce
 from numail_workers.senders.web import failure_kind
 
 from numail.db.jobs import MailboxRow
-from tests.support.postgres import free_port
 
 
 def row(provider: str = "smtp", **settings: Any) -> MailboxRow:
@@ -165,32 +161,3 @@ def test_the_send_worker_names_what_is_missing_from_its_configuration() -> None:
     done = _run("numail_workers.send", base)  # no key service configured
     assert done.returncode == 2 and "NUMAIL_KEYSERVICE_URL is not set" in done.stderr
     assert "hunter2-canary" not in done.stderr
-
-
-def test_the_reply_worker_says_it_detects_nothing_serves_metrics_and_stops_on_sigterm() -> None:
-    port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("NUMAIL_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "numail_workers.reply"],
-        env={**clean, "NUMAIL_METRICS_PORT": str(port), "NUMAIL_WORKSPACE": "acme"},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                    metrics = r.read().decode()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
-        assert "numail_reply_detection_implemented 0.0" in metrics
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        assert proc.stderr is not None
-        assert "reply detection is not implemented yet: workspace acme" in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()

@@ -2,7 +2,8 @@
 
 One engine serves one workspace with three connections: the main loop's, a LISTEN connection
 that wakes it when jobs are enqueued (it also polls, so a lost notification only delays), and
-the heartbeat thread's, which extends the leases of the jobs in hand and reports queue depth.
+the heartbeat thread's, which renews this worker's lease (one lease covers every job it holds,
+migration 0005), hands back jobs it no longer has in hand, and reports queue depth.
 
 What makes a send safe to retry or not is decided in SQL (numail.db.jobs, migration 0004) and
 in the senders (the transient/unknown line). This module's own duties are three: hand a job
@@ -102,6 +103,10 @@ class SendEngine:
         self.owner = owner or default_owner()
         self._held: set[UUID] = set()
         self._held_lock = threading.Lock()
+        # Held across a claim and the update of _held, and across a heartbeat: the heartbeat
+        # hands back the jobs the database lists for this worker that are not in _held, so it
+        # must never run between a claim's commit and _held learning of the new jobs.
+        self._claim_lock = threading.Lock()
         self._lease_deadline = 0.0
         self._profiles: dict[UUID, tuple[float, MailboxProfile | MailboxSettingsError]] = {}
         self._random = random.Random()  # noqa: S311 - jitter, not security
@@ -148,10 +153,27 @@ class SendEngine:
         finally:
             beat_stop.set()
             beat.join(5)
+            self._end_lease(conn)
             for c in (conn, listen):
                 if c is not None:
                     c.close()
             log.info("send worker %s stopped", self.owner)
+
+    def _end_lease(self, conn: psycopg.Connection[Any] | None) -> None:
+        """Give up this worker's lease at once, so nobody waits for it to run out."""
+        if conn is None or conn.closed:
+            return
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            jobs_db.worker_stopped(
+                conn,
+                self.workspace_id,
+                self.owner,
+                settle_delay_seconds=self.settings.settle_delay_seconds,
+            )
+        except psycopg.Error as err:
+            log.warning("could not end the lease (%s); it runs out by itself", type(err).__name__)
 
     def run_once(self, conn: psycopg.Connection[Any], stop: threading.Event) -> bool:
         """Claim and process one batch; False when there was nothing to claim.
@@ -160,25 +182,26 @@ class SendEngine:
         spans: the claim, the move of every job to `sending`, and the record of every outcome.
         """
         started = time.monotonic()
-        claimed = jobs_db.claim(
-            conn,
-            self.workspace_id,
-            self.owner,
-            self.settings.batch_size,
-            lease_seconds=self.settings.lease_seconds,
-            settle_delay_seconds=self.settings.settle_delay_seconds,
-        )
+        with self._claim_lock:
+            claimed = jobs_db.claim(
+                conn,
+                self.workspace_id,
+                self.owner,
+                self.settings.batch_size,
+                lease_seconds=self.settings.lease_seconds,
+                settle_delay_seconds=self.settings.settle_delay_seconds,
+            )
+            work = [j for j in claimed if j.state != "suppressed"]
+            with self._held_lock:
+                self._held.update(j.job_id for j in work)
         self.metrics.claim_seconds.observe(time.monotonic() - started)
         if not claimed:
             return False
         self._extend_lease(started)
         failpoint("send.after-claim")
-        work = [j for j in claimed if j.state != "suppressed"]
         suppressed = len(claimed) - len(work)
         if suppressed:
             self.metrics.suppressed.inc(suppressed)
-        with self._held_lock:
-            self._held.update(j.job_id for j in work)
         try:
             outcomes = self._process(conn, work, stop)
             applied = jobs_db.finish(conn, self.workspace_id, self.owner, outcomes)
@@ -245,7 +268,8 @@ class SendEngine:
                 [j.job_id for j, _, _ in to_send],
                 lease_seconds=self.settings.lease_seconds,
             )
-            self._extend_lease(began)
+            if started.attempts:
+                self._extend_lease(began)
             if started.suppressed:
                 self.metrics.suppressed.inc(len(started.suppressed))
             tally: dict[str, Counter[str]] = defaultdict(Counter)
@@ -481,6 +505,10 @@ class SendEngine:
         with self._held_lock:
             self._lease_deadline = max(self._lease_deadline, deadline)
 
+    def _lose_lease(self) -> None:
+        with self._held_lock:
+            self._lease_deadline = 0.0
+
     def _lease_held(self) -> bool:
         with self._held_lock:
             deadline = self._lease_deadline
@@ -494,18 +522,23 @@ class SendEngine:
                 try:
                     if conn is None:
                         conn = psycopg.connect(self.dsn)
-                    with self._held_lock:
-                        held = list(self._held)
                     began = time.monotonic()
-                    if held:
-                        jobs_db.heartbeat(
+                    with self._claim_lock:
+                        with self._held_lock:
+                            held = list(self._held)
+                        kept = jobs_db.heartbeat(
                             conn,
                             self.workspace_id,
                             self.owner,
                             held,
                             lease_seconds=self.settings.lease_seconds,
+                            settle_delay_seconds=self.settings.settle_delay_seconds,
                         )
+                    if kept >= 0:
                         self._extend_lease(began)
+                    elif held:
+                        log.warning("lease lost: another worker took back the jobs in hand")
+                        self._lose_lease()
                     if time.monotonic() >= next_depth:
                         self.metrics.set_depth(jobs_db.queue_depth(conn, self.workspace_id))
                         next_depth = time.monotonic() + self.settings.depth_interval_seconds
