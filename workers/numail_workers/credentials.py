@@ -193,13 +193,17 @@ class KubernetesCredentialSource:
                     cfg = client.Configuration()
                     cfg.host = self._host or _in_cluster_host()
                     cfg.ssl_ca_cert = self._ca_file
-                    cfg.api_key_prefix = {"authorization": "Bearer"}
+                    # kubernetes>=36 looks the token up as BearerToken (authorization is its
+                    # alias) and sends none unless a key is already set when it builds the
+                    # request; so both names, with the prefix for each, and a first read now.
+                    cfg.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
 
                     def refresh(conf: Any) -> None:
                         token = self._token_file.read_text().strip()
                         redact.register(token)
-                        conf.api_key = {"authorization": token}
+                        conf.api_key = {"BearerToken": token, "authorization": token}
 
+                    refresh(cfg)
                     cfg.refresh_api_key_hook = refresh
                     api_client = client.ApiClient(cfg)
                 self._core = client.CoreV1Api(api_client)
