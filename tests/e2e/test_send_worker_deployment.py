@@ -277,6 +277,23 @@ def test_the_operators_send_worker_deployment_sends_a_job_and_a_deleted_mailbox_
     assert [o.uid for o in copy.metadata.owner_references] == [ws_uid]
     assert copy.metadata.labels["app.kubernetes.io/managed-by"] == "numail-operator"
 
+    # A hand edit of the copy is put back, and a deleted copy is made again.
+    def restored() -> bool:
+        try:
+            found = k8s.core.read_namespaced_secret("numail-database", NS)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return base64.b64decode(found.data["url"]).decode() == env.worker_dsn
+
+    k8s.core.patch_namespaced_secret(
+        "numail-database", NS, {"stringData": {"url": "host=elsewhere dbname=x"}}
+    )
+    wait_for(restored, 30, "the edited database Secret to be put back")
+    k8s.core.delete_namespaced_secret("numail-database", NS)
+    wait_for(restored, 30, "the deleted database Secret to be made again")
+
     # A Mailbox that sends over SMTP, and one whose OAuth client secret the workers must read.
     create_intake(k8s, NS, "sales-intake", json.dumps({"password": PASSWORD}))
     sales = create_mailbox(
