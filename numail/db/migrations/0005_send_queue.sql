@@ -29,6 +29,22 @@ ALTER TABLE send_jobs ADD CONSTRAINT send_jobs_work_has_owner CHECK (
 -- Room for a new version of every row on its own page: a batch updates whole pages at once.
 ALTER TABLE send_jobs SET (fillfactor = 50);
 
+-- One foreign key per row written on the fast path, not four: each check is a lookup and a
+-- row lock on the referenced row (the workspace's and the mailbox's rows are the same for
+-- every job, so concurrent workers would share those locks as multixacts). A sent message must
+-- agree with its job on workspace, mailbox and lead, which is stronger than the separate keys
+-- it replaces; deleting a workspace or a lead still cascades, through send_jobs.
+ALTER TABLE send_jobs
+    ADD CONSTRAINT send_jobs_identity UNIQUE (workspace_id, id, mailbox_id, lead_id);
+ALTER TABLE sent_messages
+    DROP CONSTRAINT sent_messages_workspace_id_fkey,
+    DROP CONSTRAINT sent_messages_workspace_id_send_job_id_fkey,
+    DROP CONSTRAINT sent_messages_workspace_id_mailbox_id_fkey,
+    DROP CONSTRAINT sent_messages_workspace_id_lead_id_fkey,
+    ADD CONSTRAINT sent_messages_job FOREIGN KEY (workspace_id, send_job_id, mailbox_id, lead_id)
+        REFERENCES send_jobs (workspace_id, id, mailbox_id, lead_id) ON DELETE CASCADE;
+ALTER TABLE send_attempts DROP CONSTRAINT send_attempts_workspace_id_fkey;
+
 CREATE TABLE send_queue (
     job_id uuid PRIMARY KEY,
     workspace_id uuid NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,
@@ -460,22 +476,26 @@ CREATE FUNCTION numail_finish_send_jobs(
     AS $$
 DECLARE
     ws uuid := numail_current_workspace();
+    a_ids uuid[];
+    a_outcomes text[];
+    a_attempts integer[];
+    a_bounced uuid[];
 BEGIN
     UPDATE send_workers w
        SET jobs = ARRAY(SELECT x FROM unnest(w.jobs) AS x WHERE NOT x = ANY (p_ids))
      WHERE w.workspace_id = ws AND w.owner = p_owner;
 
-    RETURN QUERY
-    WITH o AS (
-        SELECT * FROM unnest(p_ids, p_outcomes, p_delays, p_codes, p_details, p_provider_ids,
-                             p_bounces)
-            AS o (id, outcome, delay, code, detail, provider_id, bounce)
-    ), old AS (
-        -- No FOR UPDATE (a row lock is a write of its own): jobs leased to p_owner change only
-        -- under p_owner's worker row, which this transaction holds; the UPDATE below rechecks
-        -- each row's state anyway.
-        SELECT j.id, j.state, j.updated_at FROM send_jobs j
-         WHERE j.id = ANY (p_ids) AND j.lease_owner = p_owner
+    -- The outcomes drive the update, each finding its job by primary key, through one
+    -- materialized list: joined separately, the planner would put the jobs on the outer side
+    -- of a nested loop that scans all the outcomes again for every job (quadratic in the batch).
+    -- No FOR UPDATE (a row lock is a write of its own): jobs leased to p_owner change only under
+    -- p_owner's worker row, which this transaction holds, and the UPDATE rechecks each state.
+    WITH o AS MATERIALIZED (
+        SELECT o.*, j.state AS was, j.updated_at AS began
+          FROM unnest(p_ids, p_outcomes, p_delays, p_codes, p_details, p_provider_ids, p_bounces)
+               AS o (id, outcome, delay, code, detail, provider_id, bounce)
+          JOIN send_jobs j ON j.id = o.id
+         WHERE j.lease_owner = p_owner
     ), applied AS (
         UPDATE send_jobs j
            SET state = CASE
@@ -499,8 +519,8 @@ BEGIN
                                     ELSE j.unknown_since END,
                settle_checks = j.settle_checks
                    + CASE WHEN o.outcome IN ('found', 'unsettled') THEN 1 ELSE 0 END
-          FROM o, old
-         WHERE j.id = o.id AND old.id = o.id AND j.lease_owner = p_owner
+          FROM o
+         WHERE j.id = o.id AND j.lease_owner = p_owner
            AND CASE o.outcome
                    WHEN 'sent' THEN j.state = 'sending'
                    WHEN 'unknown' THEN j.state = 'sending'
@@ -512,7 +532,7 @@ BEGIN
                    ELSE false END
         RETURNING j.workspace_id, j.id, j.mailbox_id, j.lead_id, j.message_id,
                   j.provider_message_id, j.sent_at, j.attempts, o.outcome, o.code, o.detail,
-                  coalesce(o.bounce, false) AS bounce, old.state AS was, old.updated_at AS began
+                  coalesce(o.bounce, false) AS bounce, o.was, o.began
     ), attempted AS (
         INSERT INTO send_attempts (workspace_id, send_job_id, attempt, worker, started_at,
                                    finished_at, outcome, reply_code, detail)
@@ -524,10 +544,6 @@ BEGIN
           FROM applied a
          WHERE a.was = 'sending'
         ON CONFLICT (send_job_id, attempt) DO NOTHING
-    ), found AS (
-        UPDATE send_attempts t SET settled = 'found'
-          FROM applied a
-         WHERE a.outcome = 'found' AND t.send_job_id = a.id AND t.attempt = a.attempts
     ), recorded AS (
         INSERT INTO sent_messages (workspace_id, send_job_id, mailbox_id, lead_id, message_id,
                                    provider_message_id, sent_at)
@@ -536,20 +552,29 @@ BEGIN
           FROM applied a
          WHERE a.outcome IN ('sent', 'found')
         ON CONFLICT (send_job_id) DO NOTHING
-    ), suppressed AS (
+    )
+    SELECT coalesce(array_agg(a.id), '{}'), coalesce(array_agg(a.outcome), '{}'),
+           coalesce(array_agg(a.attempts), '{}'),
+           coalesce(array_agg(a.lead_id) FILTER (WHERE a.outcome = 'failed' AND a.bounce), '{}')
+      INTO a_ids, a_outcomes, a_attempts, a_bounced
+      FROM applied a;
+
+    IF 'found' = ANY (a_outcomes) THEN
+        UPDATE send_attempts t SET settled = 'found'
+          FROM unnest(a_ids, a_outcomes, a_attempts) AS x (id, outcome, attempt)
+         WHERE t.send_job_id = ANY (a_ids) AND t.send_job_id = x.id AND t.attempt = x.attempt
+           AND x.outcome = 'found';
+    END IF;
+    IF cardinality(a_bounced) > 0 THEN
         INSERT INTO suppression_entries (workspace_id, email_hash, reason)
         SELECT l.workspace_id, l.email_hash, 'hard_bounce'
-          FROM applied a
-          JOIN leads l ON l.workspace_id = a.workspace_id AND l.id = a.lead_id
-         WHERE a.outcome = 'failed' AND a.bounce
-        ON CONFLICT (workspace_id, email_hash) DO NOTHING
-    ), bounced AS (
-        UPDATE leads l SET state = 'bounced'
-          FROM applied a
-         WHERE a.outcome = 'failed' AND a.bounce
-           AND l.workspace_id = a.workspace_id AND l.id = a.lead_id
-    )
-    SELECT a.id, a.outcome FROM applied a;
+          FROM leads l
+         WHERE l.id = ANY (a_bounced)
+        ON CONFLICT (workspace_id, email_hash) DO NOTHING;
+        UPDATE leads l SET state = 'bounced' WHERE l.id = ANY (a_bounced);
+    END IF;
+
+    RETURN QUERY SELECT x.id, x.outcome FROM unnest(a_ids, a_outcomes) AS x (id, outcome);
 END
 $$;
 
