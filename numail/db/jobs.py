@@ -184,8 +184,8 @@ def claim(
         ).fetchall()
     return [
         ClaimedJob(
-            job_id=UUID(str(r[0])),
-            mailbox_id=UUID(str(r[1])),
+            job_id=r[0],  # psycopg loads uuid columns as UUID
+            mailbox_id=r[1],
             state=str(r[2]),
             message_id=str(r[3]),
             attempts=int(r[4]),
@@ -226,8 +226,8 @@ def start_attempts(
             "SELECT * FROM numail_start_send_attempts(%s, %s::uuid[], %s)",
             [owner, ids, float(lease_seconds)],
         ).fetchall()
-    attempts = {UUID(str(r[0])): int(r[1]) for r in rows if r[2] == "sending"}
-    suppressed = [UUID(str(r[0])) for r in rows if r[2] == "suppressed"]
+    attempts = {r[0]: int(r[1]) for r in rows if r[2] == "sending"}
+    suppressed = [r[0] for r in rows if r[2] == "suppressed"]
     return Started(attempts, suppressed)
 
 
@@ -268,7 +268,7 @@ def finish(
                 [o.hard_bounce for o in outcomes],
             ],
         ).fetchall()
-    return {UUID(str(r[0])): str(r[1]) for r in rows}
+    return {r[0]: str(r[1]) for r in rows}
 
 
 def heartbeat(

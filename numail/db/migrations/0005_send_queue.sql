@@ -264,6 +264,7 @@ BEGIN
      WHERE m.workspace_id = ws
        AND (m.state = 'disconnected' OR coalesce(c.reserved, 0) >= m.daily_cap);
 
+    -- A scheduled job whose recipient is suppressed is of kind 'suppressed'.
     SELECT coalesce(array_agg(s.id ORDER BY s.due_at), '{}'),
            coalesce(array_agg(s.mailbox_id ORDER BY s.due_at), '{}'),
            coalesce(array_agg(s.kind ORDER BY s.due_at), '{}'),
@@ -272,11 +273,16 @@ BEGIN
       INTO c_ids, c_mbs, c_kind, c_need
       FROM (SELECT q.job_id AS id, j.mailbox_id, j.cap_day, q.due_at,
                    CASE WHEN j.lease_owner IS NOT NULL THEN 'stale'
+                        WHEN j.state = 'scheduled'
+                             AND EXISTS (SELECT 1 FROM suppression_entries se
+                                          WHERE se.workspace_id = l.workspace_id
+                                            AND se.email_hash = l.email_hash) THEN 'suppressed'
                         WHEN j.state = 'scheduled' THEN 'send'
                         WHEN j.state = 'unknown' THEN 'settle'
                         ELSE 'stale' END AS kind
               FROM send_queue q
               JOIN send_jobs j ON j.id = q.job_id
+              JOIN leads l ON l.workspace_id = j.workspace_id AND l.id = j.lead_id
              WHERE q.workspace_id = ws AND q.due_at <= now()
                AND (j.state <> 'scheduled' OR j.lease_owner IS NOT NULL
                     OR (NOT j.mailbox_id = ANY (v_disconnected)
@@ -290,13 +296,9 @@ BEGIN
       INTO v_stale, v_settle
       FROM unnest(c_ids, c_kind) AS x (id, kind);
 
-    SELECT coalesce(array_agg(j.id), '{}') INTO v_suppressed
+    SELECT coalesce(array_agg(x.id), '{}') INTO v_suppressed
       FROM unnest(c_ids, c_kind) AS x (id, kind)
-      JOIN send_jobs j ON j.id = x.id
-      JOIN leads l ON l.workspace_id = j.workspace_id AND l.id = j.lead_id
-     WHERE x.kind = 'send'
-       AND EXISTS (SELECT 1 FROM suppression_entries se
-                    WHERE se.workspace_id = l.workspace_id AND se.email_hash = l.email_hash);
+     WHERE x.kind = 'suppressed';
     IF cardinality(v_suppressed) > 0 THEN
         WITH s AS (
             UPDATE send_jobs
