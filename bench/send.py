@@ -4,15 +4,17 @@ sink, against pgqueuer draining N no-op jobs, on one PostgreSQL in the same run.
 Run: python bench/send.py [N] [--workers W] [--batch B] [--mailboxes M] [--rounds R] [--no-smtp]
 
 Every side runs W worker processes that start, import and connect first, then wait at a
-barrier; the clock runs from the barrier to the moment all N jobs are done (for the engine: all
-N rows `sent`, as seen by polling; for pgqueuer: its drain mode returning in every process,
-which it does once the queue is empty and the acknowledgements are flushed). pgqueuer uses the
-same driver as the engine (psycopg 3; its asyncpg driver is not installed here).
+barrier; the clock runs from the barrier to the moment all N jobs are done: for the engine, no
+queue row left and no job in a worker's hands (then all N rows must be `sent`); for pgqueuer,
+its queue table empty (a job leaves it when its completion is recorded). Both are polled with
+EXISTS, which costs the server next to nothing. pgqueuer uses the same driver as the engine
+(psycopg 3; its asyncpg driver is not installed here).
 
-The engine does more per job than pgqueuer does: four state changes (claimed, sending with an
-attempt row, sent with a sent_messages row), a daily-cap counter and a suppression check, all
-under row-level security. pgqueuer does one update and one delete-plus-log. Where the engine's
-time goes is measured afterwards with cProfile on one worker draining N/5 jobs.
+The engine does more per job than pgqueuer does: three state changes (claimed, sending, sent;
+HOT updates since migration 0005), a queue row deleted, an attempt row and a sent_messages
+row written, a daily-cap counter and two suppression checks, all under row-level security.
+pgqueuer does one update and one delete-plus-log. Where the engine's time goes is measured
+afterwards with cProfile on one worker draining N/5 jobs.
 """
 
 from __future__ import annotations
