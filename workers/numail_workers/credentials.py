@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from numail import crypto, redact
 from numail.api import DEK_SECRET
@@ -94,6 +94,26 @@ def open_credentials(
         return parse_credentials(mailbox.provider, plaintext)
     finally:
         del plaintext
+
+
+_Opened = TypeVar("_Opened")
+
+
+def open_for_use(
+    mailbox: MailboxProfile,
+    source: CredentialSource,
+    keys: KeySource,
+    use: Callable[[MailboxProfile, Credentials, str | None], _Opened],
+) -> _Opened:
+    """Open a mailbox's credentials (and its OAuth client secret) right before `use` turns them
+    into a session or a reader; this frame drops the credentials when `use` returns, so they
+    live on only inside what it built, for the batch or poll at hand."""
+    credentials = open_credentials(mailbox, source, keys)
+    try:
+        secret = source.oauth_client_secret(mailbox) if mailbox.provider != "smtp" else None
+        return use(mailbox, credentials, secret)
+    finally:
+        del credentials
 
 
 class _WrappedDeks:

@@ -35,8 +35,7 @@ from numail import crypto
 from numail.db import jobs as jobs_db
 from numail.keys import KeyProviderError
 from numail.providers.base import ProviderError
-from numail_workers.credentials import CredentialError, CredentialSource, KeySource
-from numail_workers.credentials import open_credentials as open_mailbox_credentials
+from numail_workers.credentials import CredentialError, CredentialSource, KeySource, open_for_use
 from numail_workers.failpoints import failpoint
 from numail_workers.mailboxes import MailboxProfile, MailboxSettingsError, profile_from_row
 from numail_workers.message import OutgoingMessage, render
@@ -331,16 +330,7 @@ class SendEngine:
 
     def _open(self, profile: MailboxProfile) -> MailboxSession:
         """Credentials are opened here, right before use, and live only in the session."""
-        credentials = open_mailbox_credentials(profile, self.credentials, self.keys)
-        try:
-            secret = (
-                self.credentials.oauth_client_secret(profile)
-                if profile.provider != "smtp"
-                else None
-            )
-            return self.open_session(profile, credentials, secret)
-        finally:
-            del credentials
+        return open_for_use(profile, self.credentials, self.keys, self.open_session)
 
     def _settle(
         self,

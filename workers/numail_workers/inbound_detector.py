@@ -33,8 +33,7 @@ from numail.db import replies as replies_db
 from numail.keys import KeyProviderError
 from numail.providers.base import ProviderError
 from numail.providers.credentials import Credentials
-from numail_workers.credentials import CredentialError, CredentialSource, KeySource
-from numail_workers.credentials import open_credentials as open_mailbox_credentials
+from numail_workers.credentials import CredentialError, CredentialSource, KeySource, open_for_use
 from numail_workers.inbound import classify
 from numail_workers.inbound_readers import (
     InboundMessage,
@@ -258,16 +257,7 @@ class ReplyDetector:
 
     def _open(self, profile: MailboxProfile) -> InboxReader:
         """Credentials are opened here, right before reading, and live only in the reader."""
-        credentials = open_mailbox_credentials(profile, self.credentials, self.keys)
-        try:
-            secret = (
-                self.credentials.oauth_client_secret(profile)
-                if profile.provider != "smtp"
-                else None
-            )
-            return self.open_reader(profile, credentials, secret)
-        finally:
-            del credentials
+        return open_for_use(profile, self.credentials, self.keys, self.open_reader)
 
     def _record(
         self,

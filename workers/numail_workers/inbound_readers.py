@@ -490,13 +490,7 @@ def open_reader(
     if mailbox.provider == "smtp":
         if not isinstance(credentials, PasswordCredentials) or mailbox.imap is None:
             raise ValueError(f"mailbox {mailbox.ref}: reading needs an IMAP server and a password")
-        server = MailServer(
-            mailbox.imap.host,
-            mailbox.imap.port,
-            mailbox.imap.security,
-            credentials.imap_username or credentials.username or mailbox.imap.username,
-        )
-        password = credentials.imap_password or credentials.password
+        server, password = mailbox.imap_login(credentials)
         return ImapInbox(server, password, tls_context(p.mail_ca_file), p.timeout, settings)
     if client_secret is None:
         raise ValueError(f"mailbox {mailbox.ref}: reading needs the OAuth client secret")

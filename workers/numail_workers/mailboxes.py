@@ -12,6 +12,7 @@ from typing import Any, Literal, cast
 from uuid import UUID
 
 from numail.db.jobs import MailboxRow
+from numail.providers.credentials import PasswordCredentials
 from numail.providers.smtp_imap import MailServer, Security
 
 Transport = Literal["api", "smtp"]
@@ -60,6 +61,19 @@ class MailboxProfile:
     @property
     def domain(self) -> str:
         return self.address.rpartition("@")[2]
+
+    def imap_login(self, credentials: PasswordCredentials) -> tuple[MailServer, str]:
+        """The IMAP server and password of a password mailbox: the credentials' IMAP-specific
+        login where it has one, else the shared one (the server's own username last)."""
+        if self.imap is None:
+            raise ValueError(f"mailbox {self.ref} has no IMAP server")
+        server = MailServer(
+            self.imap.host,
+            self.imap.port,
+            self.imap.security,
+            credentials.imap_username or credentials.username or self.imap.username,
+        )
+        return server, credentials.imap_password or credentials.password
 
 
 def _server(raw: Any, field: str, default_user: str, default_port: int) -> MailServer:

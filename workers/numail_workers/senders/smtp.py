@@ -352,13 +352,7 @@ def open_smtp_session(
         authenticate = password_auth(smtp_user, credentials.password)
         if mailbox.imap is None:
             raise ValueError(f"mailbox {mailbox.ref} has no IMAP server to settle with")
-        imap = MailServer(
-            mailbox.imap.host,
-            mailbox.imap.port,
-            mailbox.imap.security,
-            credentials.imap_username or credentials.username or mailbox.imap.username,
-        )
-        imap_password = credentials.imap_password or credentials.password
+        imap, imap_password = mailbox.imap_login(credentials)
         settler = ImapFolder(imap, imap_password, mailbox.sent_folder, context, timeout)
         if mailbox.append_to_sent:
             sent_copy = ImapFolder(imap, imap_password, mailbox.sent_folder, context, timeout)
