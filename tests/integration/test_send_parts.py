@@ -147,7 +147,7 @@ def _run(module: str, env: dict[str, str], *args: str) -> subprocess.CompletedPr
     )
 
 
-def test_the_send_worker_names_what_is_missing_from_its_configuration() -> None:
+def test_the_workers_name_what_is_missing_from_their_configuration() -> None:
     done = _run("numail_workers.send", {})
     assert done.returncode == 2 and "--workspace (or NUMAIL_WORKSPACE) is required" in done.stderr
     base = {
@@ -161,3 +161,7 @@ def test_the_send_worker_names_what_is_missing_from_its_configuration() -> None:
     done = _run("numail_workers.send", base)  # no key service configured
     assert done.returncode == 2 and "NUMAIL_KEYSERVICE_URL is not set" in done.stderr
     assert "hunter2-canary" not in done.stderr
+    for module in ("numail_workers.send", "numail_workers.reply"):
+        done = _run(module, {**base, "NUMAIL_METRICS_PORT": "ninety"})
+        assert done.returncode == 2 and "NUMAIL_METRICS_PORT must be a number" in done.stderr
+        assert "Traceback" not in done.stderr

@@ -1,23 +1,11 @@
 """`python -m numail_workers.send`: the send worker process, configured as its Deployment runs it.
 
-Environment (flags override the first four):
+Environment: the common settings in numail_workers.process, and
 
-    NUMAIL_WORKSPACE, NUMAIL_WORKSPACE_UID   the workspace (its name; its UID is the DB id)
-    NUMAIL_DATABASE_URL                      libpq URL or DSN of a numail_worker login
-    NUMAIL_METRICS_PORT                      /metrics (default 9102; 0 turns it off)
-    NUMAIL_KEYSERVICE_URL, NUMAIL_KEYSERVICE_TOKEN (token file), NUMAIL_KEYSERVICE_CA_FILE
-    NUMAIL_KEY_SOURCE                        keyservice (default) | local (tests, make dev:
-                                             NUMAIL_LOCAL_KEYRING_FILE)
-    NUMAIL_CREDENTIAL_SOURCE                 kubernetes (default) | directory:<path> (tests)
-    NUMAIL_NAMESPACE                         default ws-<workspace>
-    NUMAIL_KUBECONFIG, NUMAIL_KUBE_TOKEN_FILE, NUMAIL_KUBE_CA_FILE   how to reach the API server
-    NUMAIL_GOOGLE_TOKEN_URI, NUMAIL_MICROSOFT_AUTHORITY_HOST, NUMAIL_GRAPH_URL,
-    NUMAIL_GMAIL_API_URL, NUMAIL_PROVIDER_CA_FILE, NUMAIL_MAIL_CA_FILE, NUMAIL_PROVIDER_TIMEOUT
     NUMAIL_SEND_BATCH, NUMAIL_SEND_LEASE_SECONDS, NUMAIL_SEND_HEARTBEAT_SECONDS,
     NUMAIL_SEND_SETTLE_DELAY_SECONDS, NUMAIL_SEND_POLL_SECONDS, NUMAIL_SEND_MAX_ATTEMPTS,
     NUMAIL_SEND_BACKOFF_SECONDS, NUMAIL_SEND_BACKOFF_MAX_SECONDS, NUMAIL_SEND_DEPTH_SECONDS,
     NUMAIL_UNSUBSCRIBE_URL
-    NUMAIL_LOG_LEVEL                         default INFO
 
 SIGTERM (or SIGINT) stops it gracefully: the message being handed over is finished and
 recorded, the rest of the batch is released for another worker, and the process exits 0.
@@ -25,179 +13,55 @@ recorded, the rest of the batch is released for another worker, and the process 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Mapping
 from functools import partial
-from pathlib import Path
 from uuid import UUID
 
 from numail import redact
-from numail.providers.base import ProviderEndpoints
-from numail_workers.credentials import (
-    CredentialSource,
-    DirectoryCredentialSource,
-    KeySource,
-    KubernetesCredentialSource,
-    LocalKeySource,
-)
 from numail_workers.engine import EngineSettings, SendEngine
 from numail_workers.metrics import SendMetrics
-from numail_workers.senders import SenderEndpoints, open_provider_session
+from numail_workers.process import (
+    ConfigError,
+    configure_logging,
+    credential_source,
+    env_float,
+    env_int,
+    install_stop_signals,
+    key_source,
+    parse_args,
+    sender_endpoints,
+)
+from numail_workers.senders import open_provider_session
 
 log = logging.getLogger("numail.send")
-DEFAULT_METRICS_PORT = 9102
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _float(env, name, default)
-    if value != int(value):
-        raise ConfigError(f"{name} must be a whole number")
-    return int(value)
 
 
 def engine_settings(env: Mapping[str, str]) -> EngineSettings:
-    lease = _float(env, "NUMAIL_SEND_LEASE_SECONDS", 60.0)
+    lease = env_float(env, "NUMAIL_SEND_LEASE_SECONDS", 60.0)
     return EngineSettings(
-        batch_size=_int(env, "NUMAIL_SEND_BATCH", 50),
+        batch_size=env_int(env, "NUMAIL_SEND_BATCH", 50),
         lease_seconds=lease,
-        heartbeat_seconds=_float(env, "NUMAIL_SEND_HEARTBEAT_SECONDS", lease / 4),
-        settle_delay_seconds=_float(env, "NUMAIL_SEND_SETTLE_DELAY_SECONDS", 2 * lease),
-        poll_seconds=_float(env, "NUMAIL_SEND_POLL_SECONDS", 5.0),
-        max_attempts=_int(env, "NUMAIL_SEND_MAX_ATTEMPTS", 8),
-        backoff_seconds=_float(env, "NUMAIL_SEND_BACKOFF_SECONDS", 30.0),
-        backoff_max_seconds=_float(env, "NUMAIL_SEND_BACKOFF_MAX_SECONDS", 3600.0),
+        heartbeat_seconds=env_float(env, "NUMAIL_SEND_HEARTBEAT_SECONDS", lease / 4),
+        settle_delay_seconds=env_float(env, "NUMAIL_SEND_SETTLE_DELAY_SECONDS", 2 * lease),
+        poll_seconds=env_float(env, "NUMAIL_SEND_POLL_SECONDS", 5.0),
+        max_attempts=env_int(env, "NUMAIL_SEND_MAX_ATTEMPTS", 8),
+        backoff_seconds=env_float(env, "NUMAIL_SEND_BACKOFF_SECONDS", 30.0),
+        backoff_max_seconds=env_float(env, "NUMAIL_SEND_BACKOFF_MAX_SECONDS", 3600.0),
         unsubscribe_url=env.get("NUMAIL_UNSUBSCRIBE_URL") or None,
-        depth_interval_seconds=_float(env, "NUMAIL_SEND_DEPTH_SECONDS", 10.0),
+        depth_interval_seconds=env_float(env, "NUMAIL_SEND_DEPTH_SECONDS", 10.0),
     )
-
-
-def sender_endpoints(env: Mapping[str, str]) -> SenderEndpoints:
-    """The same NUMAIL_* names the operator reads for verification, plus the Gmail API."""
-    default = ProviderEndpoints()
-    providers = ProviderEndpoints(
-        google_token_uri=env.get("NUMAIL_GOOGLE_TOKEN_URI") or default.google_token_uri,
-        google_revoke_uri=env.get("NUMAIL_GOOGLE_REVOKE_URI") or default.google_revoke_uri,
-        microsoft_authority_host=env.get("NUMAIL_MICROSOFT_AUTHORITY_HOST")
-        or default.microsoft_authority_host,
-        graph_url=env.get("NUMAIL_GRAPH_URL") or default.graph_url,
-        https_ca_file=env.get("NUMAIL_PROVIDER_CA_FILE") or None,
-        mail_ca_file=env.get("NUMAIL_MAIL_CA_FILE") or None,
-        timeout=_float(env, "NUMAIL_PROVIDER_TIMEOUT", 20.0),
-    )
-    return SenderEndpoints(
-        providers=providers,
-        gmail_api_url=env.get("NUMAIL_GMAIL_API_URL") or SenderEndpoints.gmail_api_url,
-    )
-
-
-def credential_source(env: Mapping[str, str], workspace: str, uid: str) -> CredentialSource:
-    namespace = env.get("NUMAIL_NAMESPACE") or f"ws-{workspace}"
-    kind = env.get("NUMAIL_CREDENTIAL_SOURCE", "kubernetes")
-    if kind.startswith("directory:"):
-        return DirectoryCredentialSource(Path(kind.removeprefix("directory:")), namespace, uid)
-    if kind != "kubernetes":
-        raise ConfigError("NUMAIL_CREDENTIAL_SOURCE is kubernetes or directory:<path>")
-    options: dict[str, str] = {}
-    for name, key in (("NUMAIL_KUBE_TOKEN_FILE", "token_file"), ("NUMAIL_KUBE_CA_FILE", "ca_file")):
-        if env.get(name):
-            options[key] = env[name]
-    return KubernetesCredentialSource(
-        namespace, uid, kubeconfig=env.get("NUMAIL_KUBECONFIG") or None, **options
-    )
-
-
-def key_source(env: Mapping[str, str], workspace: str, uid: str) -> KeySource:
-    kind = env.get("NUMAIL_KEY_SOURCE", "keyservice")
-    if kind == "local":
-        from numail.keys.local import LocalKeyProvider
-
-        keyring = env.get("NUMAIL_LOCAL_KEYRING_FILE")
-        if not keyring:
-            raise ConfigError("NUMAIL_KEY_SOURCE=local needs NUMAIL_LOCAL_KEYRING_FILE")
-        return LocalKeySource(LocalKeyProvider.from_file(Path(keyring)), workspace, uid)
-    if kind != "keyservice":
-        raise ConfigError("NUMAIL_KEY_SOURCE is keyservice or local")
-    from numail.keys.client import KeyServiceClient
-
-    url = env.get("NUMAIL_KEYSERVICE_URL")
-    if not url:
-        raise ConfigError("NUMAIL_KEYSERVICE_URL is not set")
-    token_path = env.get("NUMAIL_KEYSERVICE_TOKEN") or "/var/run/secrets/numail/keyservice/token"
-    return KeyServiceClient(
-        url,
-        token_path=token_path,
-        ca_file=env.get("NUMAIL_KEYSERVICE_CA_FILE") or None,
-        ttl=_float(env, "NUMAIL_KEYSERVICE_DEK_TTL", 300.0),
-    )
-
-
-def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m numail_workers.send", description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--workspace", default=env.get("NUMAIL_WORKSPACE"))
-    parser.add_argument("--workspace-uid", default=env.get("NUMAIL_WORKSPACE_UID"))
-    parser.add_argument("--database-url", default=env.get("NUMAIL_DATABASE_URL"))
-    parser.add_argument(
-        "--metrics-port", type=int, default=_int(env, "NUMAIL_METRICS_PORT", DEFAULT_METRICS_PORT)
-    )
-    args = parser.parse_args(argv)
-    for flag in ("workspace", "workspace_uid", "database_url"):
-        if not getattr(args, flag):
-            parser.error(f"--{flag.replace('_', '-')} (or NUMAIL_{flag.upper()}) is required")
-    try:
-        UUID(args.workspace_uid)
-    except ValueError:
-        parser.error("the workspace UID must be a UUID (the Workspace's metadata.uid)")
-    return args
-
-
-def configure_logging(env: Mapping[str, str]) -> None:
-    logging.basicConfig(
-        level=env.get("NUMAIL_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    redact.install_redaction()
-
-
-def install_stop_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def request_stop(signum: int, _: object) -> None:
-        log.info("%s received: finishing the message in hand", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return stop
 
 
 def main(argv: list[str] | None = None) -> int:
     redact.install_redaction()  # before anything can log
     env = os.environ
-    args = parse_args(argv, env)
+    args = parse_args("python -m numail_workers.send", __doc__, argv, env)
     configure_logging(env)
     redact.register(args.database_url)
-    stop = install_stop_signals()
+    stop = install_stop_signals(log, "finishing the message in hand")
     try:
         settings = engine_settings(env)
         credentials = credential_source(env, args.workspace, args.workspace_uid)
