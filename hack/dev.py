@@ -12,6 +12,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import psycopg  # noqa: E402
+
+from numail.db.migrate import migrate  # noqa: E402
 from numail.keys.local import generate_keyring  # noqa: E402
 from tests.support.controlplane import start_controlplane  # noqa: E402
 from tests.support.postgres import start_postgres  # noqa: E402
@@ -60,10 +63,31 @@ def main() -> int:
             f"--from-file=keyring={keyring}",
             check=False,
         )
+        # The workspace Deployments get their database from this Secret (a numail_worker
+        # login), as a chart install gets it from workers.database.existingSecret. There is
+        # no kubelet here to run them, but their configuration is the real one.
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            migrate(conn)
+            if not conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = 'numail_dev_worker'"
+            ).fetchone():
+                conn.execute("CREATE ROLE numail_dev_worker LOGIN IN ROLE numail_worker")
+        kubectl(
+            kube,
+            "-n",
+            "numail-system",
+            "create",
+            "secret",
+            "generic",
+            "numail-worker-database",
+            f"--from-literal=url={pg.dsn().replace('user=postgres', 'user=numail_dev_worker')}",
+            check=False,
+        )
         env = dict(
             os.environ,
             KUBECONFIG=str(kube),
             NUMAIL_DATABASE_URL=pg.dsn(),
+            NUMAIL_WORKER_DATABASE_SECRET="numail-worker-database",
             NUMAIL_LOCAL_KEYRING_FILE=str(keyring),
             NUMAIL_METRICS_PORT=os.environ.get("NUMAIL_METRICS_PORT", "9090"),
             NUMAIL_LIVENESS_PORT=os.environ.get("NUMAIL_LIVENESS_PORT", "8080"),
