@@ -86,6 +86,11 @@ def get_workspace(clients: Clients, name: str) -> dict[str, Any] | None:
     return None
 
 
+def list_workspace_names(clients: Clients) -> list[str]:
+    items = clients.custom.list_cluster_custom_object(GROUP, VERSION, "workspaces")
+    return sorted(str(w["metadata"]["name"]) for w in items.get("items", []))
+
+
 # --- server-side apply and the objects a Workspace owns ------------------------------------
 
 

@@ -75,6 +75,10 @@ class Settings:
     # copied into each workspace namespace as numail-database; None: workers get no database.
     worker_database_secret: str | None = None
     worker_database_secret_key: str = "url"  # noqa: S105 - a data key name
+    # The Secret in system_namespace holding the key service's serving certificate; only its
+    # ca.crt is published into each workspace namespace (ConfigMap numail-keyservice-ca) for the
+    # workers to verify the key service. None: workers use the image's system trust store.
+    keyservice_ca_secret: str | None = None
     # Where workers reach the Kubernetes API (for their Secrets): egress CIDRs and ports.
     worker_api_server_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
     worker_api_server_ports: tuple[int, ...] = (443, 6443)
@@ -110,6 +114,7 @@ class Settings:
             worker_database_secret=e.get("NUMAIL_WORKER_DATABASE_SECRET") or None,
             worker_database_secret_key=e.get("NUMAIL_WORKER_DATABASE_SECRET_KEY")
             or cls.worker_database_secret_key,
+            keyservice_ca_secret=e.get("NUMAIL_KEYSERVICE_CA_SECRET") or None,
             worker_api_server_cidrs=_list(e, "NUMAIL_WORKER_API_SERVER_CIDRS")
             or cls.worker_api_server_cidrs,
             worker_api_server_ports=tuple(

@@ -1,18 +1,19 @@
 """The send worker the operator builds can send: the operator registers the Mailbox's row in
-PostgreSQL, copies the workers' database Secret, and writes a Deployment whose container, run
-with exactly that Deployment's environment, sends one job through the real key service.
+PostgreSQL, copies the workers' database Secret, publishes the key service's CA, and writes a
+Deployment whose container, run with exactly that Deployment's environment, sends one job
+through the real key service, which it verifies with that CA and nothing else.
 
 There is no kubelet, so the test does the kubelet's part and nothing more, and says where:
 - each `secretKeyRef` is resolved from the Secret the operator made in the namespace;
 - each projected volume is written to a temporary directory: ServiceAccount tokens from the
   TokenRequest API with the audiences and lifetimes in the Deployment, the CA from the
   `kube-root-ca.crt` ConfigMap (created from the admin kubeconfig's CA when absent: the local
-  control plane does not run kube-controller-manager's root-ca-cert-publisher);
+  control plane does not run kube-controller-manager's root-ca-cert-publisher); a
+  `configMap` volume's items from that ConfigMap in the namespace (the key service's CA, as the
+  operator published it);
 - file paths under the volume mounts are translated to that directory, and
   KUBERNETES_SERVICE_HOST/PORT (which the kubelet injects) point at the local API server;
-- trust anchors: the key service's and the mail servers' test CAs are given as
-  NUMAIL_KEYSERVICE_CA_FILE and NUMAIL_MAIL_CA_FILE (in a cluster nothing yet hands the workers
-  the key service's CA: see docs/security-model-operator.md; real mail providers have public
+- the mail servers' test CA is given as NUMAIL_MAIL_CA_FILE (real mail providers have public
   certificates); the metrics port (a Pod has its own network namespace) is a free port.
 Nothing else is added: no kubeconfig, no keyring, no local key or credential source.
 """
@@ -58,6 +59,7 @@ from tests.support.keyservice import KeyServiceProcess, start_keyservice
 from tests.support.mail_apis import SmtpSink
 from tests.support.operator import OperatorProcess, start_operator
 from tests.support.postgres import PostgresServer, free_port
+from tests.support.tls import make_serving_cert
 from tests.support.waiting import condition, wait_for
 
 G, V = "numail.ai", "v1alpha1"
@@ -65,6 +67,10 @@ WS, OTHER = "sendable", "sendable-other"
 NS, OTHER_NS = f"ws-{WS}", f"ws-{OTHER}"
 SYSTEM_NS = "numail-sendable-system"
 DB_SECRET = "numail-worker-db"
+# The key service's TLS Secret, as the chart's self-signed init container or cert-manager
+# leaves it: tls.crt, tls.key and ca.crt. Only ca.crt may leave the operator's namespace.
+TLS_SECRET = "numail-keyservice-tls"
+CA_CONFIGMAP = "numail-keyservice-ca"
 ADDRESS = "sales@client.example"  # create_mailbox makes <name>@client.example
 PASSWORD = "canary-send-worker-password-7c1f"
 
@@ -79,6 +85,11 @@ class Env:
     worker_dsn: str
     operator_role_dsn: str
     workdir: Path
+
+    def tls_files(self) -> dict[str, str]:
+        """The key service's serving certificate, key and CA, as its TLS Secret holds them."""
+        tls = self.keyservice.ca.parent
+        return {n: (tls / n).read_text() for n in ("tls.crt", "tls.key", "ca.crt")}
 
 
 def _login(postgres: PostgresServer, admin_dsn: str, group: str) -> str:
@@ -124,6 +135,15 @@ def env(
                 metadata=client.V1ObjectMeta(name=DB_SECRET), string_data={"url": worker_dsn}
             ),
         )
+        tls = keyservice.ca.parent
+        k8s.core.create_namespaced_secret(
+            SYSTEM_NS,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name=TLS_SECRET),
+                type="kubernetes.io/tls",
+                string_data={n: (tls / n).read_text() for n in ("tls.crt", "tls.key", "ca.crt")},
+            ),
+        )
         operator = start_operator(
             controlplane.kubeconfig,
             opdir,
@@ -132,6 +152,7 @@ def env(
                 "NUMAIL_DATABASE_URL": pg_dsn,
                 "NUMAIL_SYSTEM_NAMESPACE": SYSTEM_NS,
                 "NUMAIL_WORKER_DATABASE_SECRET": DB_SECRET,
+                "NUMAIL_KEYSERVICE_CA_SECRET": TLS_SECRET,
                 "NUMAIL_KEYSERVICE_URL": keyservice.url,
             },
         )
@@ -237,6 +258,11 @@ def container_env(
         local.mkdir(parents=True, exist_ok=True)
         mounts[mount["mountPath"]] = local
         volume = volumes[mount["name"]]
+        if "configMap" in volume:  # not optional: the kubelet would hold the Pod without it
+            spec = volume["configMap"]
+            data = k8s.core.read_namespaced_config_map(spec["name"], namespace).data
+            for item in spec["items"]:
+                (local / item["path"]).write_text(data[item["key"]])
         for source in (volume.get("projected") or {}).get("sources", []):
             for path, content in project(k8s, namespace, pod["serviceAccountName"], source).items():
                 (local / path).write_text(content)
@@ -257,7 +283,135 @@ def container_env(
     return {**env, "KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
 
 
-# --- the test -------------------------------------------------------------------------------
+def start_send_worker(env: Env, worker_env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m numail_workers.send` with the container's environment and the translations
+    the module docstring lists."""
+    process_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(env.workdir),
+        **worker_env,
+        # The mail servers' test CA (see the module docstring), where production has public
+        # certificates; the key service's CA is the Deployment's own.
+        "NUMAIL_MAIL_CA_FILE": str(env.stubs.cert.ca),
+        "NUMAIL_METRICS_PORT": str(free_port()),
+    }
+    for name in (
+        "NUMAIL_KUBE_TOKEN_FILE",
+        "NUMAIL_KUBE_CA_FILE",
+        "NUMAIL_KEYSERVICE_TOKEN",
+        "NUMAIL_KEYSERVICE_CA_FILE",
+    ):
+        assert Path(process_env[name]).is_file(), (name, process_env[name])
+    if os.environ.get("PYTHONPATH"):
+        process_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "numail_workers.send"],
+            env=process_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def published_ca(k8s: K8s, namespace: str) -> str | None:
+    try:
+        found = k8s.core.read_namespaced_config_map(CA_CONFIGMAP, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return str((found.data or {}).get("ca.crt"))
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+def test_the_operator_publishes_only_the_key_services_ca_and_keeps_it_in_place(
+    env: Env, k8s: K8s
+) -> None:
+    ws_uid = workspace(k8s, WS)["metadata"]["uid"]
+    ca = env.keyservice.ca.read_text()
+
+    def published() -> dict[str, Any] | None:
+        c = condition(workspace(k8s, WS), "KeyServiceCA")
+        return c if c and c["status"] == "True" else None
+
+    found = wait_for(published, 60, "KeyServiceCA=True")
+    assert found is not None
+    assert found["reason"] == "Published" and f"{SYSTEM_NS}/{TLS_SECRET}" in found["message"]
+    for namespace in (NS, OTHER_NS):
+        copy = k8s.core.read_namespaced_config_map(CA_CONFIGMAP, namespace)
+        assert copy.data == {"ca.crt": ca}  # exactly the CA certificate
+        assert not copy.binary_data
+    copy = k8s.core.read_namespaced_config_map(CA_CONFIGMAP, NS)
+    text = json.dumps(k8s.api.sanitize_for_serialization(copy))
+    for secret in ("tls.key", "tls.crt"):  # neither the key nor the leaf leaves SYSTEM_NS
+        assert env.tls_files()[secret].strip().splitlines()[1] not in text, secret
+    assert "PRIVATE KEY" not in text
+    assert [o.uid for o in copy.metadata.owner_references] == [ws_uid]
+    assert copy.metadata.labels["app.kubernetes.io/managed-by"] == "numail-operator"
+    assert copy.metadata.labels["app.kubernetes.io/component"] == "keyservice-ca"
+    assert copy.metadata.labels["numail.ai/workspace"] == WS
+    # The workers can't read Secrets of the operator's namespace, and need not.
+    assert can_get_secret(k8s, NS, "numail-send-worker", SYSTEM_NS, TLS_SECRET) is False
+
+    # Both worker Deployments mount it read-only, and Pod Security "restricted" admits the Pod.
+    for name in ("numail-send-worker", "numail-reply-worker"):
+        deployment = k8s.apps.read_namespaced_deployment(name, NS)
+        pod = k8s.api.sanitize_for_serialization(deployment.spec.template)
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "keyservice-ca")
+        assert volume["configMap"]["name"] == CA_CONFIGMAP
+        (container,) = pod["spec"]["containers"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "keyservice-ca")
+        assert mount["readOnly"] is True
+        k8s.core.create_namespaced_pod(
+            NS,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"{name}-psa", "labels": pod["metadata"]["labels"]},
+                "spec": pod["spec"],
+            },
+            dry_run="All",
+        )
+
+    # A hand edit is put back, and a deleted copy is made again.
+    k8s.core.patch_namespaced_config_map(CA_CONFIGMAP, NS, {"data": {"ca.crt": "not a CA"}})
+    wait_for(lambda: published_ca(k8s, NS) == ca, 30, "the edited CA ConfigMap to be put back")
+    k8s.core.delete_namespaced_config_map(CA_CONFIGMAP, NS)
+    wait_for(lambda: published_ca(k8s, NS) == ca, 30, "the deleted CA ConfigMap to be made again")
+
+    # Without the source Secret, the Workspace says which Secret and what to do, with a Warning;
+    # the last published copy stays, and the Deployments still render.
+    k8s.core.delete_namespaced_secret(TLS_SECRET, SYSTEM_NS)
+    try:
+
+        def missing() -> dict[str, Any] | None:
+            c = condition(workspace(k8s, WS), "KeyServiceCA")
+            return c if c and c["status"] == "False" else None
+
+        found = wait_for(missing, 30, "KeyServiceCA=False")
+        assert found is not None
+        assert found["reason"] == "KeyServiceCASecretMissing"
+        assert f"{SYSTEM_NS}/{TLS_SECRET} does not exist" in found["message"]
+        warned = [
+            e
+            for e in k8s.core.list_namespaced_event("default").items
+            if e.involved_object.name == WS and e.reason == "KeyServiceCASecretMissing"
+        ]
+        assert warned and warned[0].type == "Warning"
+        assert published_ca(k8s, NS) == ca
+        k8s.apps.read_namespaced_deployment("numail-send-worker", NS)
+    finally:
+        k8s.core.create_namespaced_secret(
+            SYSTEM_NS,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name=TLS_SECRET),
+                type="kubernetes.io/tls",
+                string_data=env.tls_files(),
+            ),
+        )
+    wait_for(published, 30, "KeyServiceCA=True again")
 
 
 def test_the_operators_send_worker_deployment_sends_a_job_and_a_deleted_mailbox_disconnects(
@@ -378,11 +532,16 @@ def test_the_operators_send_worker_deployment_sends_a_job_and_a_deleted_mailbox_
         "NUMAIL_KEYSERVICE_TOKEN",
         "NUMAIL_KUBE_TOKEN_FILE",
         "NUMAIL_KUBE_CA_FILE",
+        "NUMAIL_KEYSERVICE_CA_FILE",
         "NUMAIL_DATABASE_URL",
         "KUBERNETES_SERVICE_HOST",
         "KUBERNETES_SERVICE_PORT",
     }
     assert worker_env["NUMAIL_KEYSERVICE_URL"] == env.keyservice.url
+    # The key service's CA comes from the ConfigMap the operator published, and only from it.
+    ca_file = Path(worker_env["NUMAIL_KEYSERVICE_CA_FILE"])
+    assert ca_file == root / "var/run/secrets/numail/keyservice-ca/ca.crt"
+    assert ca_file.read_text() == env.keyservice.ca.read_text()
     (container,) = deployment.spec.template.spec.containers
     assert container.args == ["python", "-m", "numail_workers.send"]
 
@@ -409,27 +568,7 @@ def test_the_operators_send_worker_deployment_sends_a_job_and_a_deleted_mailbox_
             ],
         )
     log = env.workdir / "worker.log"
-    process_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(env.workdir),
-        **worker_env,
-        # Trust anchors only (see the module docstring): the test CAs of the key service and of
-        # the mail servers, where production has its key service's CA and public certificates.
-        "NUMAIL_KEYSERVICE_CA_FILE": str(env.keyservice.ca),
-        "NUMAIL_MAIL_CA_FILE": str(env.stubs.cert.ca),
-        "NUMAIL_METRICS_PORT": str(free_port()),
-    }
-    for name in ("NUMAIL_KUBE_TOKEN_FILE", "NUMAIL_KUBE_CA_FILE", "NUMAIL_KEYSERVICE_TOKEN"):
-        assert Path(process_env[name]).is_file(), (name, process_env[name])
-    if os.environ.get("PYTHONPATH"):
-        process_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "numail_workers.send"],
-            env=process_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    worker = start_send_worker(env, worker_env, log)
     try:
 
         def job_state() -> str | None:
@@ -449,7 +588,66 @@ def test_the_operators_send_worker_deployment_sends_a_job_and_a_deleted_mailbox_
         assert worker.wait(30) == 0
     text = log.read_text()
     assert PASSWORD not in text and env.worker_dsn not in text
-    assert f"unwrapped DEK v1 for {NS}/numail-send-worker" in env.keyservice.log.read_text()
+    unwrapped = f"unwrapped DEK v1 for {NS}/numail-send-worker"
+    assert unwrapped in env.keyservice.log.read_text()
+
+    # A wrong CA fails closed: the key service's TLS Secret now names another CA; the operator
+    # publishes it, and the worker, run as the Deployment says, refuses the key service's
+    # certificate: no DEK, no send.
+    wrong = make_serving_cert(env.workdir / "wrong-ca").ca.read_text()
+    k8s.core.patch_namespaced_secret(TLS_SECRET, SYSTEM_NS, {"stringData": {"ca.crt": wrong}})
+    try:
+        wait_for(lambda: published_ca(k8s, NS) == wrong, 30, "the wrong CA to be published")
+        unwraps = env.keyservice.log.read_text().count(unwrapped)
+        with psycopg.connect(env.worker_dsn) as conn:
+            (refused,) = jobs_db.enqueue(
+                conn,
+                ws_uid,
+                [
+                    jobs_db.NewJob(
+                        mailbox_id=uuid.UUID(uid),
+                        lead_id=lead,
+                        idempotency_key="e2e-deployment-wrong-ca",
+                        subject="Never sent",
+                        body="The key service could not be verified.\n",
+                    )
+                ],
+            )
+        deployment = k8s.apps.read_namespaced_deployment("numail-send-worker", NS)
+        wrong_env = container_env(k8s, controlplane, deployment, env.workdir / "pod-wrong-ca")
+        assert Path(wrong_env["NUMAIL_KEYSERVICE_CA_FILE"]).read_text() == wrong
+        wrong_log = env.workdir / "worker-wrong-ca.log"
+        worker = start_send_worker(env, wrong_env, wrong_log)
+        try:
+
+            def attempted() -> tuple[Any, ...] | None:
+                found = rows(
+                    env.admin_dsn,
+                    "SELECT state, attempts, last_error FROM send_jobs WHERE id = %s",
+                    [refused.job_id],
+                )
+                # The failure is recorded on the job, which waits for another try.
+                return found[0] if found and found[0][2] else None
+
+            tried = wait_for(attempted, 60, "the wrong-CA attempt", interval=0.5)
+            assert tried is not None
+            state, attempts, error = tried
+        finally:
+            worker.terminate()
+            assert worker.wait(30) == 0
+        assert state not in ("sent", "claimed") and attempts == 0, (state, attempts, error)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(error), (error, wrong_log.read_text()[-4000:])
+        assert env.sink.log.count(refused.message_id) == 0
+        assert env.keyservice.log.read_text().count(unwrapped) == unwraps
+    finally:
+        k8s.core.patch_namespaced_secret(
+            TLS_SECRET, SYSTEM_NS, {"stringData": {"ca.crt": env.keyservice.ca.read_text()}}
+        )
+    wait_for(
+        lambda: published_ca(k8s, NS) == env.keyservice.ca.read_text(),
+        30,
+        "the right CA to be published again",
+    )
 
     # The operator's own database role may keep the registry (grants and row-level security).
     with psycopg.connect(env.operator_role_dsn) as conn:

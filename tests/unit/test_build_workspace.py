@@ -114,3 +114,82 @@ def test_without_a_database_the_workers_have_no_database_url() -> None:
         if deployment["kind"] == "Deployment":
             (container,) = deployment["spec"]["template"]["spec"]["containers"]
             assert "NUMAIL_DATABASE_URL" not in {e["name"] for e in container["env"]}
+
+
+def test_workers_verify_the_key_service_with_the_published_ca_mounted_read_only() -> None:
+    from numail_operator.build.workspace import (
+        KEYSERVICE_CA_CONFIGMAP,
+        build_keyservice_ca_config_map,
+    )
+
+    inputs = load_inputs("workspace-with-keyservice-ca")
+    deployments = [c for c in build_workspace_children(inputs) if c["kind"] == "Deployment"]
+    assert len(deployments) == 2
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["NUMAIL_KEYSERVICE_CA_FILE"] == "/var/run/secrets/numail/keyservice-ca/ca.crt"
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "keyservice-ca")
+        assert mount == {
+            "name": "keyservice-ca",
+            "mountPath": "/var/run/secrets/numail/keyservice-ca",
+            "readOnly": True,
+        }
+        volume = next(v for v in pod["volumes"] if v["name"] == "keyservice-ca")
+        # Only the certificate, from the ConfigMap; not optional, so a Pod never starts without
+        # it; the volume type is one Pod Security "restricted" admits.
+        assert volume["configMap"] == {
+            "name": KEYSERVICE_CA_CONFIGMAP,
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+            "defaultMode": 0o444,
+        }
+        assert set(volume) == {"name", "configMap"}
+        # Unchanged: the pod and container security contexts.
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    ca = build_keyservice_ca_config_map(inputs, "-----BEGIN CERTIFICATE-----\nAA==\n")
+    assert ca["kind"] == "ConfigMap" and ca["metadata"]["name"] == KEYSERVICE_CA_CONFIGMAP
+    assert ca["metadata"]["namespace"] == "ws-acme-client-2"
+    assert ca["data"] == {"ca.crt": "-----BEGIN CERTIFICATE-----\nAA==\n"}
+    assert "binaryData" not in ca
+    assert ca["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "numail.ai/v1alpha1",
+            "kind": "Workspace",
+            "name": "acme-client-2",
+            "uid": inputs.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    labels = ca["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "keyservice-ca"
+    assert labels["app.kubernetes.io/managed-by"] == "numail-operator"
+    assert labels["numail.ai/workspace"] == "acme-client-2"
+
+
+def test_without_a_ca_secret_the_workers_use_the_system_trust_store() -> None:
+    for deployment in build_workspace_children(load_inputs("workspace-agency")):
+        if deployment["kind"] == "Deployment":
+            pod = deployment["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            assert "NUMAIL_KEYSERVICE_CA_FILE" not in {e["name"] for e in container["env"]}
+            assert "keyservice-ca" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_only_certificates_are_published_never_a_key(tmp_path: Path) -> None:
+    from numail_operator.build.workspace import certificates_only
+
+    from tests.support.tls import make_serving_cert
+
+    certs = make_serving_cert(tmp_path)
+    ca = certs.ca.read_bytes()
+    assert certificates_only(ca) == ca.decode()
+    # A file that also holds a key (or anything else) gives its certificates only.
+    mixed = certs.key.read_bytes() + ca + b"not pem\n" + certs.cert.read_bytes()
+    published = certificates_only(mixed)
+    assert published == ca.decode() + certs.cert.read_text()
+    assert "PRIVATE KEY" not in published
+    for nothing in (b"", certs.key.read_bytes(), b"-----BEGIN CERTIFICATE-----\nAA==\n"):
+        assert certificates_only(nothing) is None

@@ -46,6 +46,7 @@ TYPED_RESOURCES = {
 # Kinds the builders produce for server-side apply -> (apiGroup, resource).
 KINDS = {
     ("v1", "Namespace"): ("", "namespaces"),
+    ("v1", "ConfigMap"): ("", "configmaps"),
     ("v1", "ServiceAccount"): ("", "serviceaccounts"),
     ("v1", "ResourceQuota"): ("", "resourcequotas"),
     ("v1", "LimitRange"): ("", "limitranges"),
@@ -57,6 +58,7 @@ KINDS = {
 }
 NAMESPACED = {
     "secrets",
+    "configmaps",
     "serviceaccounts",
     "mailboxes",
     "workspacemembers",
@@ -237,6 +239,7 @@ def applied_kinds() -> set[Need]:
     from numail_operator.build.workspace import (
         WorkerSpec,
         WorkspaceInputs,
+        build_keyservice_ca_config_map,
         build_namespace,
         build_workspace_children,
     )
@@ -258,7 +261,13 @@ def applied_kinds() -> set[Need]:
         egress_cidrs=("203.0.113.0/24",),
         egress_ports=((2525, "TCP"),),
     )
-    manifests = [build_namespace(everything), *build_workspace_children(everything)]
+    manifests = [
+        build_namespace(everything),
+        *build_workspace_children(everything),
+        # Applied beside the children, by reconcile.workspace (the database copy is a Secret,
+        # written with the Secret rights k8s.py's calls need anyway).
+        build_keyservice_ca_config_map(everything, "-----BEGIN CERTIFICATE-----"),
+    ]
     for access in ("read", "manage"):
         manifests += build_workspace_children(
             WorkspaceInputs(
@@ -469,6 +478,8 @@ def test_this_test_sees_the_calls_it_must(docs: list[dict[str, Any]]) -> None:
     ) in needs
     assert ("", "resourcequotas", "patch", "*") in needs
     assert ("", "serviceaccounts", "watch", "*") in needs
+    assert ("", "configmaps", "watch", "*") in needs  # the CA copy's drift watch
+    assert ("", "configmaps", "create", "*") in needs
     # And a ClusterRole with one rule fewer is caught.
     role = H.find(docs, "ClusterRole", "numail-operator")
     fewer = grants(role["rules"][1:])

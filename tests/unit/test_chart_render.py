@@ -381,6 +381,49 @@ def test_the_workers_database_secret_is_passed_by_name_and_absent_by_default(
     assert settings.worker_api_server_ports == (6443,)
 
 
+def test_the_operator_publishes_the_ca_of_the_key_services_certificate_in_every_tls_mode(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    """The operator is told the key service's TLS Secret (the one the key service mounts or
+    its init container creates), by name only: it publishes that Secret's ca.crt, and nothing
+    else of it, to the workers. It may write ConfigMaps, and the admission policy confines those
+    writes to workspace namespaces like every other."""
+
+    def ca_secret(docs: list[dict[str, Any]]) -> str | None:
+        env = env_of(pod_specs(docs)["numail-operator"]["containers"][0])
+        strings = {k: v for k, v in env.items() if isinstance(v, str)}
+        return Settings.from_env(strings).keyservice_ca_secret
+
+    def keyservice_secret(docs: list[dict[str, Any]]) -> str:
+        spec = pod_specs(docs)["numail-operator-keyservice"]
+        if spec.get("initContainers"):
+            (arg,) = [a for a in spec["initContainers"][0]["args"] if a.startswith("--secret=")]
+            return arg.removeprefix("--secret=")
+        tls = next(v for v in spec["volumes"] if v["name"] == "tls")
+        return str(tls["secret"]["secretName"])
+
+    cert_manager = H.render(
+        sets=(
+            "keyservice.tls.certManager.enabled=true",
+            "keyservice.tls.certManager.issuerRef.name=ca",
+        )
+    )
+    existing = H.render(sets=("keyservice.tls.existingSecret=my-keyservice-tls",))
+    for docs, expected in (
+        (default_docs, "numail-operator-keyservice-tls"),
+        (cert_manager, "numail-operator-keyservice-tls"),
+        (existing, "my-keyservice-tls"),
+    ):
+        assert ca_secret(docs) == expected == keyservice_secret(docs)
+    rules = H.find(default_docs, "ClusterRole", "numail-operator")["rules"]
+    configmaps = [r for r in rules if "configmaps" in r["resources"]]
+    verbs = ["list", "watch", "create", "patch"]  # no get, update or delete
+    assert configmaps == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs}]
+    policy = next(d for d in default_docs if d["kind"] == "ValidatingAdmissionPolicy")
+    core = policy["spec"]["matchConstraints"]["resourceRules"][0]
+    assert core["apiGroups"] == [""] and "configmaps" in core["resources"]
+
+
 def test_tls_modes_mount_the_right_certificate() -> None:
     def keyservice(docs: list[dict[str, Any]]) -> dict[str, Any]:
         return pod_specs(docs)["numail-operator-keyservice"]

@@ -34,8 +34,14 @@ DATABASE_SECRET_KEY = "url"  # noqa: S105 - a data key name
 # starts with it is never granted to the workers (it could name numail-database or the sealing
 # key, and the Role would hand them out).
 RESERVED_SECRET_PREFIX = "numail-"  # noqa: S105 - a name prefix
+# The public CA of the key service's serving certificate, published from the operator's
+# namespace (NUMAIL_KEYSERVICE_CA_SECRET's ca.crt) so workers can verify the key service. A
+# ConfigMap, not a Secret: it holds a certificate only, never a key.
+KEYSERVICE_CA_CONFIGMAP = "numail-keyservice-ca"
+KEYSERVICE_CA_KEY = "ca.crt"
 # Where the worker container finds its tokens and CAs.
 KEYSERVICE_TOKEN_DIR = "/var/run/secrets/numail/keyservice"  # noqa: S105 - a path
+KEYSERVICE_CA_DIR = "/var/run/secrets/numail/keyservice-ca"
 KUBE_API_DIR = "/var/run/secrets/numail/kubernetes"
 # Projected token lifetimes: the kubelet renews each at 80% of it; 600 s is the API's minimum.
 KEYSERVICE_TOKEN_SECONDS = 3600
@@ -93,6 +99,9 @@ class WorkspaceInputs:
     oauth_client_secrets: tuple[str, ...] = ()
     # True when the workers get NUMAIL_DATABASE_URL from the numail-database Secret.
     database: bool = False
+    # True when the workers verify the key service with the CA in the numail-keyservice-ca
+    # ConfigMap (NUMAIL_KEYSERVICE_CA_FILE); False: with the image's system trust store only.
+    keyservice_ca: bool = False
     max_mailboxes: int | None = None
     quota_cpu: str | None = None
     quota_memory: str | None = None
@@ -239,6 +248,13 @@ def _worker_env(inputs: WorkspaceInputs) -> list[dict[str, Any]]:
         {"name": "NUMAIL_KUBE_TOKEN_FILE", "value": f"{KUBE_API_DIR}/token"},
         {"name": "NUMAIL_KUBE_CA_FILE", "value": f"{KUBE_API_DIR}/ca.crt"},
     ]
+    if inputs.keyservice_ca:
+        env.append(
+            {
+                "name": "NUMAIL_KEYSERVICE_CA_FILE",
+                "value": f"{KEYSERVICE_CA_DIR}/{KEYSERVICE_CA_KEY}",
+            }
+        )
     if inputs.database:
         env.append(
             {
@@ -251,8 +267,8 @@ def _worker_env(inputs: WorkspaceInputs) -> list[dict[str, Any]]:
     return env
 
 
-def _worker_volumes() -> list[dict[str, Any]]:
-    return [
+def _worker_volumes(inputs: WorkspaceInputs) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
         {
             "name": "keyservice-token",
             "projected": {
@@ -290,6 +306,31 @@ def _worker_volumes() -> list[dict[str, Any]]:
         },
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
     ]
+    if inputs.keyservice_ca:
+        # Not optional: until the operator has published the CA, the kubelet holds the Pod
+        # (FailedMount) rather than start a worker that can't verify the key service.
+        volumes.append(
+            {
+                "name": "keyservice-ca",
+                "configMap": {
+                    "name": KEYSERVICE_CA_CONFIGMAP,
+                    "items": [{"key": KEYSERVICE_CA_KEY, "path": KEYSERVICE_CA_KEY}],
+                    "defaultMode": 0o444,
+                },
+            }
+        )
+    return volumes
+
+
+def _worker_mounts(inputs: WorkspaceInputs) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"name": "keyservice-token", "mountPath": KEYSERVICE_TOKEN_DIR, "readOnly": True},
+        {"name": "kube-api-access", "mountPath": KUBE_API_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir
+    ]
+    if inputs.keyservice_ca:
+        mounts.append({"name": "keyservice-ca", "mountPath": KEYSERVICE_CA_DIR, "readOnly": True})
+    return mounts
 
 
 def build_worker_deployment(
@@ -326,22 +367,10 @@ def build_worker_deployment(
                             "env": _worker_env(inputs),
                             "resources": worker.resources,
                             "securityContext": _container_security(),
-                            "volumeMounts": [
-                                {
-                                    "name": "keyservice-token",
-                                    "mountPath": KEYSERVICE_TOKEN_DIR,
-                                    "readOnly": True,
-                                },
-                                {
-                                    "name": "kube-api-access",
-                                    "mountPath": KUBE_API_DIR,
-                                    "readOnly": True,
-                                },
-                                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir
-                            ],
+                            "volumeMounts": _worker_mounts(inputs),
                         }
                     ],
-                    "volumes": _worker_volumes(),
+                    "volumes": _worker_volumes(inputs),
                 },
             },
         },
@@ -486,6 +515,34 @@ def build_database_secret(inputs: WorkspaceInputs, url_b64: str) -> Manifest:
             "ownerReferences": [owner_reference(inputs)],
         },
         "data": {DATABASE_SECRET_KEY: url_b64},
+    }
+
+
+def certificates_only(pem: bytes) -> str | None:
+    """The X.509 certificates in `pem`, re-encoded, and nothing else: a private key or any other
+    block that shares the file is dropped. None if there is no certificate to parse."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        return None
+    return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs) or None
+
+
+def build_keyservice_ca_config_map(inputs: WorkspaceInputs, ca_pem: str) -> Manifest:
+    """The public CA of the key service's certificate, for the workers' NUMAIL_KEYSERVICE_CA_FILE.
+    `ca_pem` holds certificates only (certificates_only). Owned by the Workspace and applied on
+    every reconcile, like the database copy."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            **_meta(inputs, KEYSERVICE_CA_CONFIGMAP, "keyservice-ca"),
+            "ownerReferences": [owner_reference(inputs)],
+        },
+        "data": {KEYSERVICE_CA_KEY: ca_pem},
     }
 
 

@@ -8,7 +8,7 @@ import kopf
 
 from numail.api import GROUP, LABEL_MANAGED_BY, VERSION
 from numail_operator import k8s, metrics
-from numail_operator.build.workspace import DATABASE_SECRET
+from numail_operator.build.workspace import DATABASE_SECRET, KEYSERVICE_CA_CONFIGMAP
 from numail_operator.handlers.runtime import runtime
 from numail_operator.reconcile.drift import repair_child
 
@@ -63,6 +63,54 @@ kopf.on.event(
     value=DATABASE_SECRET,
     id="drift-database-secret",
 )(child_event)
+
+
+# So is the key service's CA copy, the one ConfigMap the operator writes.
+kopf.on.event(
+    "",
+    "v1",
+    "configmaps",
+    labels={**MANAGED, "app.kubernetes.io/component": "keyservice-ca"},
+    field="metadata.name",
+    value=KEYSERVICE_CA_CONFIGMAP,
+    id="drift-keyservice-ca",
+)(child_event)
+
+
+# The ca.crt of the key service's TLS Secret as last seen ("" when absent), to re-publish it
+# at once when it appears, changes (a re-issued certificate) or goes; None: not seen yet.
+_keyservice_ca: list[str | None] = [None]
+
+
+def _is_keyservice_ca_source(namespace: str | None, name: str | None, **_: Any) -> bool:
+    settings = runtime().settings
+    source = settings.keyservice_ca_secret
+    return source is not None and namespace == settings.system_namespace and name == source
+
+
+@kopf.on.event("", "v1", "secrets", when=_is_keyservice_ca_source)
+def keyservice_ca_source_event(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
+    """Re-reconcile every Workspace when the CA the workers trust changes. The initial listing
+    only records it: the operator's startup reconciles publish it anyway."""
+    obj: dict[str, Any] = dict(event["object"])
+    data = obj.get("data") or {}
+    value = "" if event["type"] == "DELETED" else str(data.get("ca.crt") or "")
+    previous, _keyservice_ca[0] = _keyservice_ca[0], value
+    if event["type"] is None or previous == value:
+        return
+    rt = runtime()
+    from numail_operator.reconcile.workspace import reconcile_workspace
+
+    for name in k8s.list_workspace_names(rt.clients):
+        body = k8s.get_workspace(rt.clients, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            continue
+        result = reconcile_workspace(body, rt.clients, rt.applier, rt.providers, rt.settings)
+        for kind, reason, message in result.events:
+            kopf.event(kopf.Body(body), type=kind, reason=reason, message=message)  # type: ignore[arg-type]
+        if result.status is not None:
+            k8s.patch_status(rt.clients, "workspaces", name, result.status)
+    logger.info("the key service's CA changed: re-published it to every workspace")
 
 
 # Mailbox uid -> the OAuth client secret it names ("" for none), as last seen.

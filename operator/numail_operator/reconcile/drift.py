@@ -10,10 +10,11 @@ from typing import Any
 
 from numail.api import LABEL_WORKSPACE
 from numail_operator import k8s
-from numail_operator.build.workspace import DATABASE_SECRET
+from numail_operator.build.workspace import DATABASE_SECRET, KEYSERVICE_CA_CONFIGMAP
 from numail_operator.reconcile.workspace import (
     desired_children,
     desired_database_secret,
+    desired_keyservice_ca,
     inputs_for,
     mailbox_inventory,
     parse_workspace,
@@ -56,6 +57,8 @@ def repair_child(
     mailboxes = mailbox_inventory(clients, meta.get("namespace", ""))
     if child.get("kind") == "Secret":
         return _repair_database_secret(child, deleted, clients, applier, settings, ws, mailboxes)
+    if child.get("kind") == "ConfigMap":
+        return _repair_keyservice_ca(child, deleted, clients, applier, settings, ws, mailboxes)
     for manifest in desired_children(ws, settings, mailboxes):
         if manifest["kind"] != child.get("kind") or manifest["metadata"]["name"] != meta.get(
             "name"
@@ -102,4 +105,35 @@ def _repair_database_secret(
     ):
         applier.apply(manifest)
         return f"reverted a change to Secret {where}"
+    return None
+
+
+def _repair_keyservice_ca(
+    child: dict[str, Any],
+    deleted: bool,
+    clients: k8s.Clients,
+    applier: k8s.Applier,
+    settings: Settings,
+    ws: Any,
+    mailboxes: Any,
+) -> str | None:
+    """The key service's CA copy: put back when deleted or when its data or labels differ from
+    the source's ca.crt. With the source gone, the last copy stays (the workers keep working)
+    and the Workspace's KeyServiceCA condition says so at its next reconcile."""
+    meta = child.get("metadata") or {}
+    if meta.get("name") != KEYSERVICE_CA_CONFIGMAP:
+        return None
+    desired = desired_keyservice_ca(clients, settings, inputs_for(ws, settings, mailboxes))
+    manifest = desired.manifest
+    if manifest is None:
+        return None
+    where = f"{meta.get('namespace')}/{KEYSERVICE_CA_CONFIGMAP}"
+    if deleted:
+        applier.apply(manifest)
+        return f"recreated ConfigMap {where}"
+    if (child.get("data") or {}) != manifest["data"] or drifted(
+        manifest["metadata"]["labels"], meta.get("labels") or {}
+    ):
+        applier.apply(manifest)
+        return f"reverted a change to ConfigMap {where}"
     return None

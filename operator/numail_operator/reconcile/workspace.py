@@ -22,12 +22,16 @@ from numail.api.models import WorkerSpec as ModelWorkerSpec
 from numail_operator import k8s
 from numail_operator.build.workspace import (
     DATABASE_SECRET,
+    KEYSERVICE_CA_CONFIGMAP,
+    KEYSERVICE_CA_KEY,
     PlatformEndpoints,
     WorkerSpec,
     WorkspaceInputs,
     build_database_secret,
+    build_keyservice_ca_config_map,
     build_namespace,
     build_workspace_children,
+    certificates_only,
 )
 from numail_operator.reconcile import records
 from numail_operator.reconcile.keys import (
@@ -138,6 +142,7 @@ def inputs_for(
         mailboxes=tuple(mailboxes.names),
         oauth_client_secrets=tuple(mailboxes.client_secrets),
         database=settings.worker_database_secret is not None,
+        keyservice_ca=settings.keyservice_ca_secret is not None,
         max_mailboxes=quota.max_mailboxes if quota else None,
         quota_cpu=quota.cpu if quota else None,
         quota_memory=quota.memory if quota else None,
@@ -204,6 +209,68 @@ def desired_database_secret(
         f"workers read NUMAIL_DATABASE_URL from Secret {DATABASE_SECRET}, a copy of "
         f"{settings.system_namespace}/{source}",
         build_database_secret(inputs, value),
+    )
+
+
+@dataclass(frozen=True)
+class KeyServiceCA:
+    """Whether the key service's CA is published for the workers: the KeyServiceCA condition's
+    content, and the ConfigMap to apply (None when there is nothing to publish)."""
+
+    ok: bool
+    reason: str
+    message: str
+    manifest: Manifest | None = None
+
+
+def desired_keyservice_ca(
+    clients: k8s.Clients, settings: Settings, inputs: WorkspaceInputs
+) -> KeyServiceCA:
+    """Read `ca.crt`, and only it, of the key service's TLS Secret in the operator's namespace,
+    and build its public copy for the workspace namespace."""
+    source = settings.keyservice_ca_secret
+    if source is None:
+        return KeyServiceCA(
+            False,
+            "KeyServiceCANotConfigured",
+            "the operator has no key-service CA Secret (NUMAIL_KEYSERVICE_CA_SECRET; the chart "
+            "sets it to the key service's TLS Secret), so the workers verify the key service "
+            "with their image's trust store only: set it to the Secret in "
+            f"{settings.system_namespace} whose {KEYSERVICE_CA_KEY} signed the key service's "
+            "certificate",
+        )
+    where = f"{settings.system_namespace}/{source}"
+    secret = k8s.read_secret(clients, settings.system_namespace, source)
+    value = (secret.data or {}).get(KEYSERVICE_CA_KEY) if secret is not None else None
+    if not value:
+        what = "does not exist" if secret is None else f"has no key {KEYSERVICE_CA_KEY!r}"
+        fix = (
+            "start the key service (its init container creates it) or install cert-manager's "
+            "Certificate"
+            if secret is None
+            else f"add the issuing CA as {KEYSERVICE_CA_KEY} (keyservice.tls.existingSecret)"
+        )
+        return KeyServiceCA(
+            False,
+            "KeyServiceCASecretMissing",
+            f"the key service's TLS Secret {where} {what}, so the workers' Pods wait for "
+            f"ConfigMap {inputs.namespace}/{KEYSERVICE_CA_CONFIGMAP}: {fix}",
+        )
+    pem = certificates_only(base64.b64decode(value))
+    if pem is None:
+        return KeyServiceCA(
+            False,
+            "KeyServiceCAInvalid",
+            f"{KEYSERVICE_CA_KEY} of the key service's TLS Secret {where} holds no PEM "
+            f"certificate, so the workers' Pods wait for ConfigMap {inputs.namespace}/"
+            f"{KEYSERVICE_CA_CONFIGMAP}: put the issuing CA's certificate there",
+        )
+    return KeyServiceCA(
+        True,
+        "Published",
+        f"workers verify the key service with ConfigMap {KEYSERVICE_CA_CONFIGMAP}, the "
+        f"{KEYSERVICE_CA_KEY} of {where}",
+        build_keyservice_ca_config_map(inputs, pem),
     )
 
 
@@ -302,9 +369,13 @@ def reconcile_workspace(
     )
 
     database = desired_database_secret(clients, settings, inputs)
+    keyservice_ca = desired_keyservice_ca(clients, settings, inputs)
     try:
+        # Both before the Deployments whose Pods read them.
         if database.manifest is not None:
-            applier.apply(database.manifest)  # before the Deployments whose Pods read it
+            applier.apply(database.manifest)
+        if keyservice_ca.manifest is not None:
+            applier.apply(keyservice_ca.manifest)
         for manifest in build_workspace_children(inputs):
             applier.apply(manifest)
     except ApiException as err:
@@ -325,6 +396,10 @@ def reconcile_workspace(
     condition("WorkerDatabase", database.ok, database.reason, database.message)
     if not database.ok and (before is None or before.reason != database.reason):
         events.append(("Warning", database.reason, database.message))
+    before = next((c for c in conditions if c.type == "KeyServiceCA"), None)
+    condition("KeyServiceCA", keyservice_ca.ok, keyservice_ca.reason, keyservice_ca.message)
+    if not keyservice_ca.ok and (before is None or before.reason != keyservice_ca.reason):
+        events.append(("Warning", keyservice_ca.reason, keyservice_ca.message))
     condition("Ready", True, "Reconciled", "workspace is provisioned")
 
     desired = {
