@@ -287,6 +287,9 @@ def can(
 RBAC = "rbac.authorization.k8s.io"
 OPERATOR_DENIED: list[tuple[str, dict[str, Any]]] = [
     ("read a ConfigMap", {"verb": "get", "resource": "configmaps", "namespace": "kube-system"}),
+    # ConfigMaps: only the key service's CA copy, applied and watched; never replaced or deleted.
+    ("replace a ConfigMap", {"verb": "update", "resource": "configmaps", "namespace": "ws-x"}),
+    ("delete a ConfigMap", {"verb": "delete", "resource": "configmaps", "namespace": "ws-x"}),
     ("read Pods", {"verb": "get", "resource": "pods", "namespace": "ws-acme-client"}),
     ("create Pods", {"verb": "create", "resource": "pods", "namespace": "ws-acme-client"}),
     (
@@ -493,6 +496,12 @@ def test_the_admission_policy_confines_what_rbac_allows(
         )
         assert "must keep pod-security.kubernetes.io/enforce: restricted" in message
         op.core.create_namespaced_secret(f"ws-{AGENCY}", secret, dry_run="All")
+        # ConfigMaps (the key service's CA copy) likewise: in ws-* only.
+        config_map = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="x"), data={"a": "b"})
+        refused_by_policy(
+            lambda: op.core.create_namespaced_config_map("kube-system", config_map, dry_run="All")
+        )
+        op.core.create_namespaced_config_map(f"ws-{AGENCY}", config_map, dry_run="All")
 
         # A wrapped DEK version can be added, never rewritten in place.
         dek = op.core.read_namespaced_secret("numail-dek", f"ws-{AGENCY}")
