@@ -212,3 +212,66 @@ def test_a_non_superuser_owner_can_migrate_and_the_audit_trail_works_under_it(
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             conn.execute(f'DROP ROLE IF EXISTS "{worker}"')
             conn.execute(f'DROP ROLE IF EXISTS "{owner}"')
+
+
+def test_0005_carries_waiting_and_leased_jobs_over_under_a_non_superuser_owner(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """FORCE RLS hides every row from an owner with no workspace in its session; the queue and
+    the worker leases must still be filled from the jobs 0004 left, or nothing is sent again."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, db = f"owner_{suffix}", f"carry_{suffix}"
+    older = tmp_path / "upto-0004"
+    older.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if int(path.name[:4]) <= 4:
+            shutil.copy(path, older / path.name)
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{owner}" LOGIN CREATEROLE')
+        conn.execute(f'CREATE DATABASE "{db}" OWNER "{owner}"')
+    ws, mailbox = uuid.uuid4(), uuid.uuid4()
+    leads = [uuid.uuid4() for _ in range(3)]
+    jobs = [uuid.uuid4() for _ in range(3)]
+    try:
+        with psycopg.connect(postgres.dsn(db, owner)) as conn:
+            migrate(conn, older)
+            with workspace_session(conn, ws):
+                conn.execute("INSERT INTO workspaces (id, name) VALUES (%s, 'carry')", [ws])
+                conn.execute(
+                    "INSERT INTO mailboxes (id, workspace_id, namespace, name, provider, address) "
+                    "VALUES (%s, %s, 'ws-carry', 'm', 'smtp', 'm@carry.test')",
+                    [mailbox, ws],
+                )
+                for i, (lead, job) in enumerate(zip(leads, jobs, strict=True)):
+                    conn.execute(
+                        "INSERT INTO leads (id, workspace_id, email, email_hash) "
+                        "VALUES (%s, %s, %s, %s)",
+                        [lead, ws, f"l{i}@carry.test", f"{i:064x}"],
+                    )
+                    state, owner_, lease = [
+                        ("scheduled", None, None),
+                        ("claimed", "w1", "now() + interval '1 minute'"),
+                        ("unknown", None, None),
+                    ][i]
+                    conn.execute(
+                        "INSERT INTO send_jobs (id, workspace_id, mailbox_id, lead_id, "
+                        "scheduled_at, state, message_id, lease_owner, lease_until) "
+                        f"VALUES (%s, %s, %s, %s, now(), %s, %s, %s, {lease or 'NULL'})",
+                        [job, ws, mailbox, lead, state, f"<{job}@carry.test>", owner_],
+                    )
+            applied = migrate(conn)
+            assert applied[0].version == 5
+            with workspace_session(conn, ws):
+                queued = {r[0] for r in conn.execute("SELECT job_id FROM send_queue")}
+                workers = conn.execute("SELECT owner, jobs FROM send_workers").fetchall()
+                forced = conn.execute(
+                    "SELECT relname FROM pg_class WHERE relforcerowsecurity AND relname = "
+                    "ANY(ARRAY['send_jobs', 'send_attempts', 'send_queue', 'send_workers'])"
+                ).fetchall()
+        assert queued == {jobs[0], jobs[2]}
+        assert workers == [("w1", [jobs[1]])]
+        assert len(forced) == 4
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            conn.execute(f'DROP ROLE IF EXISTS "{owner}"')

@@ -280,3 +280,84 @@ def test_the_fast_path_rewrites_jobs_in_place_without_index_writes(
         time.sleep(0.2)
     assert updates >= 900
     assert hot / updates >= 0.9, f"{hot} of {updates} updates were HOT"
+
+
+def _sequence_jobs(world: SendWorld, n: int) -> tuple[list[UUID], list[jobs_db.Enqueued]]:
+    """n leads, each with step 1 of one sequence scheduled now."""
+    mailbox = world.add_mailbox(
+        f"seq-{uuid.uuid4().hex[:8]}", "sales@leases.test", PasswordCredentials(password="pw")
+    )
+    sequence = uuid.uuid4()
+    _admin(
+        world,
+        "INSERT INTO sequences (id, workspace_id, name, state) VALUES (%s, %s, %s, 'active')",
+        sequence,
+        world.workspace_id,
+        f"seq-{sequence.hex[:8]}",
+    )
+    _admin(
+        world,
+        "INSERT INTO sequence_steps (workspace_id, sequence_id, position, subject_template, "
+        "body_template) VALUES (%s, %s, 1, 'Hi {{first_name}}', 'Hello')",
+        world.workspace_id,
+        sequence,
+    )
+    leads = world.add_leads(f"seq{i}-{sequence.hex[:6]}@leases.test" for i in range(n))
+    with psycopg.connect(world.worker_dsn) as c:
+        made = jobs_db.enqueue(
+            c,
+            world.workspace_id,
+            [
+                jobs_db.NewJob(mailbox, lead, f"seq-{lead}", sequence_id=sequence, step=1)
+                for lead in leads
+            ],
+        )
+    return leads, made
+
+
+def _replied(world: SendWorld, lead: UUID) -> None:
+    _admin(world, "UPDATE leads SET state = 'replied' WHERE id = %s", lead)
+
+
+def test_a_sequence_step_of_a_lead_who_replied_is_cancelled_not_sent(
+    world: SendWorld, conn: psycopg.Connection[object]
+) -> None:
+    """The reply detector cancels only waiting jobs; a step claimed before the reply (or
+    scheduled after it) is stopped when it would start, or when it is claimed."""
+    leads, made = _sequence_jobs(world, 3)
+    claimed = _claim(conn, world, "w", limit=2)
+    in_hand = {c.job_id for c in claimed}
+    waiting = next(e.job_id for e in made if e.job_id not in in_hand)
+    for lead in leads:
+        _replied(world, lead)
+
+    started = jobs_db.start_attempts(
+        conn, world.workspace_id, "w", sorted(in_hand), lease_seconds=LEASE
+    )
+    assert started.attempts == {} and started.suppressed == []
+    assert _claim(conn, world, "w") == []
+    for job in made:
+        row = world.job(job.job_id)
+        assert row["state"] == "cancelled", row
+        assert row["last_error"] == "the lead replied: its sequence is stopped"
+        assert world.attempts(job.job_id) == []
+    assert waiting not in _queued(world)
+    (held,) = world.query(
+        "SELECT jobs FROM send_workers WHERE owner = 'w' AND workspace_id = %s",
+        [world.workspace_id],
+    )
+    assert held == ([],)
+
+
+def test_a_one_off_message_to_a_lead_who_replied_is_still_sent(
+    world: SendWorld, conn: psycopg.Connection[object]
+) -> None:
+    """Only sequences stop on a reply: a message a person scheduled by hand goes out."""
+    (job,) = _jobs(world, 1)
+    (lead,) = world.query("SELECT lead_id FROM send_jobs WHERE id = %s", [job.job_id])
+    _replied(world, lead[0])
+    (claimed,) = _claim(conn, world, "w")
+    started = jobs_db.start_attempts(
+        conn, world.workspace_id, "w", [claimed.job_id], lease_seconds=LEASE
+    )
+    assert started.attempts == {job.job_id: 1}

@@ -68,7 +68,15 @@ GRANT SELECT ON send_queue, send_workers TO numail_operator, numail_worker, numa
 GRANT INSERT, UPDATE, DELETE ON send_queue, send_workers TO numail_worker;
 
 -- Carry over 0004's state: waiting jobs are queued, leased ones belong to their owner's row
--- with the latest of their leases.
+-- with the latest of their leases. The migrating role owns these tables but need not be a
+-- superuser, and FORCE ROW LEVEL SECURITY binds owners too: with no workspace in the session
+-- every row would be hidden and the carry-over would move nothing, silently. So the tables are
+-- unforced for these statements (in the migration's transaction) and a check below refuses to
+-- commit if anything was left behind.
+ALTER TABLE send_jobs NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE send_attempts NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE send_queue NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE send_workers NO FORCE ROW LEVEL SECURITY;
 INSERT INTO send_queue (job_id, workspace_id, due_at)
 SELECT id, workspace_id, due_at FROM send_jobs
  WHERE state IN ('scheduled', 'unknown') AND lease_owner IS NULL;
@@ -82,6 +90,29 @@ SELECT workspace_id, lease_owner, max(coalesce(lease_until, now())), array_agg(i
 DELETE FROM send_attempts a USING send_jobs j
  WHERE a.outcome IS NULL AND j.id = a.send_job_id AND j.state = 'sending';
 UPDATE send_jobs SET lease_until = NULL WHERE lease_until IS NOT NULL;
+DO $$
+DECLARE
+    v_waiting bigint;
+    v_leased bigint;
+BEGIN
+    SELECT count(*) INTO v_waiting FROM send_jobs j
+     WHERE j.state IN ('scheduled', 'unknown') AND j.lease_owner IS NULL
+       AND NOT EXISTS (SELECT 1 FROM send_queue q WHERE q.job_id = j.id);
+    SELECT count(*) INTO v_leased FROM send_jobs j
+     WHERE j.lease_owner IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM send_workers w
+                        WHERE w.workspace_id = j.workspace_id AND w.owner = j.lease_owner
+                          AND j.id = ANY (w.jobs));
+    IF v_waiting + v_leased > 0 THEN
+        RAISE EXCEPTION '0005 left % waiting jobs unqueued and % leased jobs without a worker',
+            v_waiting, v_leased;
+    END IF;
+END
+$$;
+ALTER TABLE send_jobs FORCE ROW LEVEL SECURITY;
+ALTER TABLE send_attempts FORCE ROW LEVEL SECURITY;
+ALTER TABLE send_queue FORCE ROW LEVEL SECURITY;
+ALTER TABLE send_workers FORCE ROW LEVEL SECURITY;
 
 -- Queues a job that starts or goes back to waiting. Per row, with a WHEN clause on the
 -- triggers, so the transitions of the fast path (claimed, sending, sent) never call it.
@@ -240,6 +271,7 @@ DECLARE
     c_need boolean[];
     v_stale uuid[];
     v_settle uuid[];
+    v_stopped uuid[];
     v_suppressed uuid[];
     v_claim uuid[];
     v_admit uuid[] := '{}';
@@ -264,7 +296,9 @@ BEGIN
      WHERE m.workspace_id = ws
        AND (m.state = 'disconnected' OR coalesce(c.reserved, 0) >= m.daily_cap);
 
-    -- A scheduled job whose recipient is suppressed is of kind 'suppressed'.
+    -- A scheduled job whose recipient is suppressed is of kind 'suppressed'; a step of a
+    -- sequence whose lead replied is 'stopped' (the reply detector cancels waiting jobs when
+    -- the reply comes in; this catches the ones scheduled since).
     SELECT coalesce(array_agg(s.id ORDER BY s.due_at), '{}'),
            coalesce(array_agg(s.mailbox_id ORDER BY s.due_at), '{}'),
            coalesce(array_agg(s.kind ORDER BY s.due_at), '{}'),
@@ -277,6 +311,8 @@ BEGIN
                              AND EXISTS (SELECT 1 FROM suppression_entries se
                                           WHERE se.workspace_id = l.workspace_id
                                             AND se.email_hash = l.email_hash) THEN 'suppressed'
+                        WHEN j.state = 'scheduled' AND j.sequence_id IS NOT NULL
+                             AND l.state = 'replied' THEN 'stopped'
                         WHEN j.state = 'scheduled' THEN 'send'
                         WHEN j.state = 'unknown' THEN 'settle'
                         ELSE 'stale' END AS kind
@@ -292,9 +328,20 @@ BEGIN
              FOR UPDATE OF q SKIP LOCKED) s;
 
     SELECT coalesce(array_agg(x.id) FILTER (WHERE x.kind = 'stale'), '{}'),
-           coalesce(array_agg(x.id) FILTER (WHERE x.kind = 'settle'), '{}')
-      INTO v_stale, v_settle
+           coalesce(array_agg(x.id) FILTER (WHERE x.kind = 'settle'), '{}'),
+           coalesce(array_agg(x.id) FILTER (WHERE x.kind = 'stopped'), '{}')
+      INTO v_stale, v_settle, v_stopped
       FROM unnest(c_ids, c_kind) AS x (id, kind);
+    IF cardinality(v_stopped) > 0 THEN
+        WITH s AS (
+            UPDATE send_jobs
+               SET state = 'cancelled', updated_at = now(),
+                   last_error = 'the lead replied: its sequence is stopped'
+             WHERE id = ANY (v_stopped) AND state = 'scheduled' AND lease_owner IS NULL
+            RETURNING id
+        )
+        SELECT coalesce(array_agg(s.id), '{}') INTO v_stopped FROM s;
+    END IF;
 
     SELECT coalesce(array_agg(x.id), '{}') INTO v_suppressed
       FROM unnest(c_ids, c_kind) AS x (id, kind)
@@ -363,8 +410,16 @@ BEGIN
     )
     SELECT coalesce(array_agg(u.id), '{}') INTO v_settle FROM u;
 
+    -- A row judged stale is rechecked against the job as it is now: the scan read the job
+    -- from the statement's snapshot, and a writer may have scheduled it again since, updating
+    -- this very queue row through the trigger.
     DELETE FROM send_queue q
-     WHERE q.job_id = ANY (v_stale || v_suppressed || v_claim || v_settle);
+     WHERE q.job_id = ANY (v_suppressed || v_stopped || v_claim || v_settle);
+    IF cardinality(v_stale) > 0 THEN
+        DELETE FROM send_queue q USING send_jobs j
+         WHERE q.job_id = ANY (v_stale) AND j.id = q.job_id
+           AND (j.lease_owner IS NOT NULL OR j.state NOT IN ('scheduled', 'unknown'));
+    END IF;
     IF cardinality(v_claim) + cardinality(v_settle) > 0 THEN
         UPDATE send_workers w SET jobs = w.jobs || v_claim || v_settle
          WHERE w.workspace_id = ws AND w.owner = p_owner;
@@ -386,7 +441,8 @@ $$;
 -- Moves p_owner's leased jobs to `sending` just before the messages are handed over, and
 -- renews p_owner's lease; only the jobs returned with state `sending` may be sent, and none
 -- when p_owner's lease already ran out. A job whose recipient was suppressed since the claim
--- becomes `suppressed` instead. From `unknown` this is only called after the provider said the
+-- becomes `suppressed` instead, and a sequence step whose lead has replied `cancelled` (the
+-- reply detector leaves leased jobs alone, to keep the lock order). From `unknown` this is only called after the provider said the
 -- Message-ID was not sent. The attempt row is written when the attempt ends (finish), or by
 -- whoever takes the job back if this worker is lost: `sending` with its attempt count is the
 -- record that an attempt began.
@@ -401,6 +457,7 @@ CREATE FUNCTION numail_start_send_attempts(
 DECLARE
     ws uuid := numail_current_workspace();
     v_suppressed uuid[];
+    v_stopped uuid[];
     v_unknown uuid[];
 BEGIN
     UPDATE send_workers w SET lease_until = now() + make_interval(secs => p_lease_seconds)
@@ -410,12 +467,15 @@ BEGIN
     END IF;
 
     SELECT coalesce(array_agg(s.id) FILTER (WHERE s.suppressed), '{}'),
-           coalesce(array_agg(s.id) FILTER (WHERE s.state = 'unknown' AND NOT s.suppressed), '{}')
-      INTO v_suppressed, v_unknown
+           coalesce(array_agg(s.id) FILTER (WHERE s.stopped AND NOT s.suppressed), '{}'),
+           coalesce(array_agg(s.id) FILTER (WHERE s.state = 'unknown' AND NOT s.suppressed
+                                              AND NOT s.stopped), '{}')
+      INTO v_suppressed, v_stopped, v_unknown
       FROM (SELECT j.id, j.state,
                    EXISTS (SELECT 1 FROM suppression_entries se
                             WHERE se.workspace_id = l.workspace_id
-                              AND se.email_hash = l.email_hash) AS suppressed
+                              AND se.email_hash = l.email_hash) AS suppressed,
+                   j.sequence_id IS NOT NULL AND l.state = 'replied' AS stopped
               FROM send_jobs j
               JOIN leads l ON l.workspace_id = j.workspace_id AND l.id = j.lead_id
              WHERE j.id = ANY (p_ids) AND j.lease_owner = p_owner
@@ -426,13 +486,18 @@ BEGIN
          WHERE j.id = ANY (v_unknown) AND a.send_job_id = ANY (v_unknown)
            AND a.send_job_id = j.id AND a.attempt = j.attempts;
     END IF;
-    IF cardinality(v_suppressed) > 0 THEN
+    IF cardinality(v_suppressed) + cardinality(v_stopped) > 0 THEN
         UPDATE send_jobs
-           SET state = 'suppressed', lease_owner = NULL, updated_at = now(),
-               last_error = 'the recipient is on the suppression list'
-         WHERE id = ANY (v_suppressed);
+           SET state = CASE WHEN id = ANY (v_suppressed) THEN 'suppressed' ELSE 'cancelled' END,
+               lease_owner = NULL, updated_at = now(),
+               last_error = CASE WHEN id = ANY (v_suppressed)
+                                 THEN 'the recipient is on the suppression list'
+                                 ELSE 'the lead replied: its sequence is stopped' END
+         WHERE id = ANY (v_suppressed || v_stopped) AND lease_owner = p_owner
+           AND state IN ('claimed', 'unknown');
         UPDATE send_workers w
-           SET jobs = ARRAY(SELECT x FROM unnest(w.jobs) AS x WHERE NOT x = ANY (v_suppressed))
+           SET jobs = ARRAY(SELECT x FROM unnest(w.jobs) AS x
+                             WHERE NOT x = ANY (v_suppressed || v_stopped))
          WHERE w.workspace_id = ws AND w.owner = p_owner;
     END IF;
 
@@ -442,12 +507,14 @@ BEGIN
            SET state = 'sending', attempts = j.attempts + 1, updated_at = now(),
                settle_checks = j.settle_checks + CASE WHEN j.state = 'unknown' THEN 1 ELSE 0 END
          WHERE j.id = ANY (p_ids) AND j.lease_owner = p_owner
-           AND j.state IN ('claimed', 'unknown') AND NOT j.id = ANY (v_suppressed)
+           AND j.state IN ('claimed', 'unknown') AND NOT j.id = ANY (v_suppressed || v_stopped)
         RETURNING j.id, j.attempts
     )
     SELECT s.id, s.attempts, 'sending'::text FROM started s
     UNION ALL
-    SELECT x.id, 0, 'suppressed'::text FROM unnest(v_suppressed) AS x (id);
+    SELECT x.id, 0, 'suppressed'::text FROM unnest(v_suppressed) AS x (id)
+    UNION ALL
+    SELECT x.id, 0, 'cancelled'::text FROM unnest(v_stopped) AS x (id);
 END
 $$;
 
