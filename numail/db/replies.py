@@ -119,15 +119,27 @@ def record(
     bounce_type: BounceType | None,
     candidates: list[str],
     received_at: datetime | None,
+    failed_recipients: list[str] | None = None,
     cursor: Cursor | None = None,
 ) -> Recorded:
     """Record one inbound message and apply its effects; with `cursor`, move the mailbox's
-    cursor in the same transaction, so a message is never both skipped and unrecorded."""
+    cursor in the same transaction, so a message is never both skipped and unrecorded.
+
+    A hard bounce suppresses the lead only when `failed_recipients` (the addresses the bounce
+    says failed) holds the lead's email; otherwise it is recorded as a soft bounce."""
     workspace = UUID(str(workspace_id))
     with workspace_session(conn, workspace):
         row = conn.execute(
-            "SELECT * FROM numail_record_inbound(%s, %s, %s, %s, %s::text[], %s)",
-            [mailbox_id, message_id, kind, bounce_type, candidates, received_at],
+            "SELECT * FROM numail_record_inbound(%s, %s, %s, %s, %s::text[], %s, %s::text[])",
+            [
+                mailbox_id,
+                message_id,
+                kind,
+                bounce_type,
+                candidates,
+                received_at,
+                list(failed_recipients or []),
+            ],
         ).fetchone()
         if cursor is not None:
             _save_cursor(conn, workspace, mailbox_id, cursor)

@@ -413,6 +413,7 @@ class GmailApi(_FakeApi):
         self.history_floor = 0  # startHistoryId below this answers 404, as expired history does
         self.page_size = 100  # at most this many per page, whatever maxResults asks
         self.inbox_failures: list[int] = []  # statuses for the next inbound calls
+        self.get_formats: list[str] = []  # the `format` of each users.messages.get
         self.app.router.add_get("/gmail/v1/users/me/profile", self._profile)
         self.app.router.add_get("/gmail/v1/users/me/history", self._history)
         self.app.router.add_get("/gmail/v1/users/me/messages/{id}", self._get_message)
@@ -530,8 +531,10 @@ class GmailApi(_FakeApi):
         failure = self._inbound_failure()
         if failure is not None:
             return failure
+        fmt = request.query.get("format", "full")
         with self.lock:
             m = self.inbox.get(request.match_info["id"])
+            self.get_formats.append(fmt)
         if m is None:
             return _google_error(404, "Requested entity was not found.", "notFound")
         body: dict[str, Any] = {
@@ -543,8 +546,23 @@ class GmailApi(_FakeApi):
             "historyId": str(m.history_id),
             "internalDate": str(m.internal_date),
         }
-        if request.query.get("format") == "raw":
+        if fmt == "raw":
             body["raw"] = base64.urlsafe_b64encode(m.raw).decode()
+        elif fmt == "metadata":
+            # The header fields only (all of them, or those named by metadataHeaders), in the
+            # order of the message, values unfolded as Gmail returns them.
+            wanted = {h.lower() for h in request.query.getall("metadataHeaders", [])}
+            parsed = message_from_bytes(m.raw)
+            body["payload"] = {
+                "partId": "",
+                "mimeType": parsed.get_content_type(),
+                "filename": "",
+                "headers": [
+                    {"name": name, "value": " ".join(str(value).split())}
+                    for name, value in parsed.items()
+                    if not wanted or name.lower() in wanted
+                ],
+            }
         return web.json_response(body)
 
 
@@ -653,6 +671,7 @@ class GraphApi(_FakeApi):
         self.inbox_failures: list[int] = []
         self.app.router.add_get("/v1.0/me/mailFolders/{folder}/messages/delta", self._delta)
         self.app.router.add_get("/v1.0/me/messages/{id}/$value", self._value)
+        self.app.router.add_get("/v1.0/me/messages/{id}", self._get_message)
 
     def deliver(self, raw: bytes, received: datetime.datetime | None = None) -> str:
         parsed = message_from_bytes(raw, policy=policy.default)
@@ -755,6 +774,39 @@ class GraphApi(_FakeApi):
         if m is None:
             return _graph_error(404, "ErrorItemNotFound", "The specified object was not found.")
         return web.Response(body=m.raw, content_type="text/plain")
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        """`GET /me/messages/{id}?$select=...`: the inbox message's properties; served are
+        id, receivedDateTime, internetMessageId and internetMessageHeaders."""
+        if not self._authorized(request, "message"):
+            return self._denied()
+        with self.lock:
+            m = self.inbox.get(request.match_info["id"])
+        if m is None:
+            return _graph_error(404, "ErrorItemNotFound", "The specified object was not found.")
+        selected = [x.strip() for x in request.query.get("$select", "").split(",") if x.strip()]
+        parsed = message_from_bytes(m.raw)
+        every: dict[str, Any] = {
+            "receivedDateTime": m.received.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "internetMessageId": m.internet_message_id,
+            "internetMessageHeaders": [
+                {"name": name, "value": " ".join(str(value).split())}
+                for name, value in parsed.items()
+            ],
+        }
+        unknown = [x for x in selected if x not in every and x != "id"]
+        if unknown:
+            return _graph_error(
+                400, "RequestBroker--ParseUri", f"Could not find a property named '{unknown[0]}'"
+            )
+        body: dict[str, Any] = {
+            "@odata.context": f"{request.url.origin()}/v1.0/$metadata#users('me')/messages"
+            f"({','.join(selected)})/$entity",
+            "@odata.etag": f'W/"{m.seq}"',
+            "id": m.id,
+        }
+        body.update({k: v for k, v in every.items() if not selected or k in selected})
+        return web.json_response(body)
 
 
 @dataclass
@@ -1184,6 +1236,7 @@ def reply_detector(
     gmail_api_url: str | None = None,
     microsoft_authority_host: str | None = None,
     graph_url: str | None = None,
+    max_message_bytes: int | None = None,
 ) -> Any:
     """An in-process ReplyDetector for `world`, with its own metrics registry, reading the
     world's sealed credentials with the local KEK, as `python -m numail_workers.reply` would."""
@@ -1210,7 +1263,12 @@ def reply_detector(
         ),
         gmail_api_url=gmail_api_url or SenderEndpoints.gmail_api_url,
     )
-    settings = DetectorSettings(poll_seconds=0.5, backoff_max_seconds=2.0, reader=ReaderSettings())
+    reader = (
+        ReaderSettings()
+        if max_message_bytes is None
+        else ReaderSettings(max_message_bytes=max_message_bytes)
+    )
+    settings = DetectorSettings(poll_seconds=0.5, backoff_max_seconds=2.0, reader=reader)
     uid = str(world.workspace_id)
     return ReplyDetector(
         dsn=world.worker_dsn,

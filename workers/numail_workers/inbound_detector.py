@@ -9,8 +9,11 @@ re-reads at most what was not recorded yet, and re-reading changes nothing.
 
 A mailbox whose provider can't be read (unreachable, login refused, credential not available)
 keeps its cursor and is polled again after an exponential backoff; the other mailboxes are not
-held up. Nothing about a message's content is logged: only counts, the classification reason
-(a header name and value, or DSN status codes) and lead ids.
+held up, and neither are they by a mailbox whose poll fails in an unexpected way. A message the
+database refuses (a value it can't store or index) is counted `unreadable` and the cursor
+moves past it: one hostile message must not stall the mailbox. Nothing about a message's
+content is logged: only counts, the classification reason (a header name and value, or DSN
+status codes) and lead ids.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import psycopg.errors
+from psycopg.pq import TransactionStatus
 
 from numail import crypto
 from numail.db import jobs as jobs_db
@@ -45,6 +50,14 @@ from numail_workers.mailboxes import MailboxProfile, MailboxSettingsError, profi
 from numail_workers.metrics import ReplyMetrics
 
 log = logging.getLogger("numail.reply")
+
+# Errors the database raises about the values of one message, not about the connection or the
+# schema: that message is skipped. Connection errors (OperationalError) still stop the round.
+MESSAGE_DB_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
 
 ReaderOpener = Callable[[MailboxProfile, Credentials, str | None], InboxReader]
 
@@ -160,7 +173,7 @@ class ReplyDetector:
             row = rows.get(mailbox_id)
             if row is None:
                 continue
-            result = self.poll(conn, row, stop)
+            result = self.poll(conn, row, stop)  # raises only when the database is unavailable
             results.append(result)
             self._schedule(mailbox_id, result)
         return results
@@ -188,6 +201,14 @@ class ReplyDetector:
         self.metrics.polls.labels(provider).inc()
         try:
             self._poll(conn, row, stop, result)
+        except psycopg.OperationalError as err:
+            if not isinstance(err, psycopg.errors.ProgramLimitExceeded):
+                raise  # the database is unavailable: the whole round stops, run() reconnects
+            self._failed(conn, row, err, result)
+        except Exception as err:
+            # A bug or a provider answer nobody expected: this mailbox's poll fails (and backs
+            # off) without holding up the others.
+            self._failed(conn, row, err, result)
         finally:
             self.metrics.poll_seconds.labels(provider).observe(time.monotonic() - began)
         if result.error is not None:
@@ -212,6 +233,19 @@ class ReplyDetector:
                 result.cancelled_jobs,
             )
         return result
+
+    @staticmethod
+    def _failed(
+        conn: psycopg.Connection[Any],
+        row: jobs_db.MailboxRow,
+        err: Exception,
+        result: PollResult,
+    ) -> None:
+        # The type only: an exception's text may quote the message or the provider's answer.
+        result.error = f"unexpected {type(err).__name__}"
+        log.debug("mailbox %s/%s: poll failed", row.namespace, row.name, exc_info=True)
+        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.rollback()
 
     def _poll(
         self,
@@ -281,17 +315,35 @@ class ReplyDetector:
         if classified is None:
             self._count(result, "ignored")
             return
-        recorded = replies_db.record(
-            conn,
-            self.workspace_id,
-            profile.id,
-            message_id=classified.message_id,
-            kind=classified.kind,
-            bounce_type=classified.bounce_type,
-            candidates=list(classified.candidates),
-            received_at=message.received_at or classified.date,
-            cursor=message.cursor,
-        )
+        try:
+            recorded = replies_db.record(
+                conn,
+                self.workspace_id,
+                profile.id,
+                message_id=classified.message_id,
+                kind=classified.kind,
+                bounce_type=classified.bounce_type,
+                candidates=list(classified.candidates),
+                received_at=message.received_at or classified.date,
+                failed_recipients=list(classified.failed_recipients),
+                cursor=message.cursor,
+            )
+        except MESSAGE_DB_ERRORS as err:
+            # The database can't take something of this message (workspace_session rolled the
+            # transaction back). Skip it, and move the cursor past it on its own, or every poll
+            # would stop at the same message.
+            log.warning(
+                "mailbox %s: %s could not be recorded (%s); skipped",
+                profile.ref,
+                message.ref,
+                type(err).__name__,
+            )
+            if conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.rollback()
+            if message.cursor is not None:
+                replies_db.save_cursor(conn, self.workspace_id, profile.id, message.cursor)
+            self._count(result, "unreadable")
+            return
         self._count(result, recorded.outcome)
         if recorded.cancelled_jobs:
             result.cancelled_jobs += recorded.cancelled_jobs

@@ -44,6 +44,7 @@ from numail_workers.senders.web import error_code, session
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _STATUS_ITEM = re.compile(rb"\b(UIDVALIDITY|UIDNEXT) (\d+)")
+_FIELD_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 section 2.2: printable, no colon
 
 
 class PollUnavailable(Exception):
@@ -168,10 +169,16 @@ class ImapInbox:
         if status != "OK":
             raise PollUnavailable(f"IMAP server {self._server} would not open INBOX")
         last = 0
+        # Where reading ends when every UID found is read: with a cursor, the last one read.
+        # Without one, everything below UIDNEXT that the SINCE search did not find is older
+        # than the lookback: the cursor goes to UIDNEXT - 1, so the next poll's `UID n:*`
+        # never reads the mailbox's history (it would, from a cursor left at 0).
+        floor = 0
         if cursor is not None and cursor.uidvalidity == validity and cursor.last_uid is not None:
             last = cursor.last_uid
             status, data = client.uid("SEARCH", f"UID {last + 1}:*")
         else:
+            floor = max(0, items.get("UIDNEXT", 1) - 1)
             since = datetime.now(UTC) - self._settings.lookback
             status, data = client.uid("SEARCH", "SINCE", since.strftime("%d-%b-%Y"))
         if status != "OK":
@@ -181,7 +188,8 @@ class ImapInbox:
         uids = sorted(u for u in (int(x) for x in found) if u > last)
         self._more = len(uids) > self._settings.limit
         uids = uids[: self._settings.limit]
-        self._next = Cursor(uidvalidity=validity, last_uid=last)
+        end = last if self._more else max(last, floor, *uids)
+        self._next = Cursor(uidvalidity=validity, last_uid=last if uids else end)
         if not uids:
             return
         sizes = self._sizes(client, uids)
@@ -192,6 +200,7 @@ class ImapInbox:
             self._next = position
             if raw is not None:
                 yield InboundMessage(f"uid {uid}", raw, received, position)
+        self._next = Cursor(uidvalidity=validity, last_uid=max(end, uids[-1]))
 
     @staticmethod
     def _sizes(client: imaplib.IMAP4, uids: list[int]) -> dict[int, int]:
@@ -335,20 +344,58 @@ class GmailInbox:
         # No per-poll limit here: a history id can't stop halfway through what it lists. Only
         # ids are held, and a crash before the cursor is saved re-reads duplicates only.
         for gmail_id in dict.fromkeys(ids):
+            message = self._message(gmail_id)
+            if message is not None:
+                yield message
+        self._next = Cursor(history_id=latest)
+
+    def _message(self, gmail_id: str) -> InboundMessage | None:
+        """The message's bytes, or only its header when Gmail's sizeEstimate is above
+        max_message_bytes: `format=metadata` first (all the header fields and the size),
+        `format=raw` only for a message under the limit. None when it was deleted since."""
+        response = self._get(f"/messages/{gmail_id}", {"format": "metadata"})
+        if response.status_code == 404:
+            return None
+        meta = self._ok(response, "messages.get")
+        received = _epoch_ms(meta.get("internalDate"))
+        ref = f"gmail {gmail_id}"
+        size = _int(meta.get("sizeEstimate"))
+        if size is not None and size <= self._settings.max_message_bytes:
             response = self._get(f"/messages/{gmail_id}", {"format": "raw"})
             if response.status_code == 404:
-                continue  # deleted since it was listed
-            body = self._ok(response, "messages.get")
-            raw_text = body.get("raw")
+                return None
+            raw_text = self._ok(response, "messages.get").get("raw")
             if not isinstance(raw_text, str):
-                continue
+                return None
             raw = base64.urlsafe_b64decode(raw_text + "=" * (-len(raw_text) % 4))
-            yield InboundMessage(f"gmail {gmail_id}", raw, _epoch_ms(body.get("internalDate")))
-        self._next = Cursor(history_id=latest)
+            return InboundMessage(ref, raw, received)
+        payload = meta.get("payload")
+        fields = payload.get("headers") if isinstance(payload, dict) else None
+        return InboundMessage(ref, _header_block(fields), received)
 
     def close(self) -> None:
         self._http.headers.pop("Authorization", None)
         self._http.close()
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _header_block(fields: object) -> bytes:
+    """A header-only message from an API's list of `{"name": ..., "value": ...}` header fields
+    (Gmail's payload.headers, Graph's internetMessageHeaders), as IMAP's BODY[HEADER] is."""
+    lines: list[str] = []
+    for item in fields if isinstance(fields, list) else []:
+        if not isinstance(item, dict):
+            continue
+        name, value = item.get("name"), item.get("value")
+        if isinstance(name, str) and isinstance(value, str) and _FIELD_NAME.match(name):
+            lines.append(f"{name}: {' '.join(value.splitlines())}\r\n")
+    return ("".join(lines) + "\r\n").encode("utf-8", errors="replace")
 
 
 def _epoch_ms(value: object) -> datetime | None:
@@ -449,15 +496,46 @@ class GraphInbox:
         items, delta = result
         # As for Gmail, no per-poll limit: a delta link can't stop halfway through a round.
         for graph_id, received in dict.fromkeys(items):
-            response = self._get(f"{self._me}/messages/{graph_id}/$value")
-            if response.status_code == 404:
-                continue
-            if response.status_code != 200:
-                raise PollUnavailable(
-                    f"Graph answered {response.status_code} ({error_code(response)}) to $value"
-                )
-            yield InboundMessage(f"graph {graph_id[:16]}", response.content, _iso(received))
+            raw = self._mime(graph_id)
+            if raw is not None:
+                yield InboundMessage(f"graph {graph_id[:16]}", raw, _iso(received))
         self._next = Cursor(delta_link=delta)
+
+    def _mime(self, graph_id: str) -> bytes | None:
+        """The message's MIME content, streamed and never more than max_message_bytes of it;
+        above that, only its header (`internetMessageHeaders`), as IMAP reads a large message.
+        Graph's v1.0 message resource has no size property, so the cap is applied while
+        reading. None when the message was deleted since the delta listed it."""
+        url = f"{self._me}/messages/{graph_id}/$value"
+        try:
+            with self._http.get(url, stream=True) as response:
+                if response.status_code == 404:
+                    return None
+                if response.status_code != 200:
+                    raise PollUnavailable(
+                        f"Graph answered {response.status_code} ({error_code(response)}) to $value"
+                    )
+                limit = self._settings.max_message_bytes
+                data = bytearray()
+                for chunk in response.iter_content(chunk_size=64 * 1024):
+                    data += chunk
+                    if len(data) > limit:
+                        break
+                else:
+                    return bytes(data)
+        except requests.RequestException as err:
+            raise PollUnavailable(f"Graph unreachable ({type(err).__name__})") from None
+        response = self._get(
+            f"{self._me}/messages/{graph_id}", {"$select": "internetMessageHeaders"}
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise PollUnavailable(
+                f"Graph answered {response.status_code} ({error_code(response)}) to "
+                "internetMessageHeaders"
+            )
+        return _header_block(_json(response, "Graph (message)").get("internetMessageHeaders"))
 
     def close(self) -> None:
         self._http.headers.pop("Authorization", None)

@@ -32,13 +32,17 @@ GRANT INSERT, UPDATE ON inbound_cursors TO numail_worker;
 --     personal mail);
 --   * the replies row is inserted once per (workspace, mailbox, Message-ID): a second call
 --     with the same message returns 'duplicate' and changes nothing;
+--   * a hard bounce must name the lead: unless one of p_failed_recipients (the addresses the
+--     DSN says failed as bad) is the lead's email, case-insensitively, it is recorded as a
+--     soft bounce (a bounce of some other address, or of a forward, must not suppress the
+--     lead);
 --   * a real reply moves the lead from active to replied; a hard bounce suppresses the lead's
---     email_hash and moves it to bounced. Both cancel the lead's pending jobs: `scheduled`
---     ones, and `claimed` ones, because a claimed job has not been handed over: the send
---     worker moves it to `sending` only with a conditional UPDATE on state = 'claimed', which
---     waits for this row lock and then finds the job cancelled, so it never sends it.
---     `sending` and `unknown` jobs are left alone: they may already be with the provider and
---     their outcome must still be recorded by the engine.
+--     email_hash and moves it to bounced. Both cancel the lead's `scheduled` jobs. Jobs that
+--     are `claimed` are leased to a send worker and are not touched: the engine locks a job
+--     and then its lead when it finishes one, so locking the lead and then its claimed jobs
+--     here could deadlock with it. The engine refuses to start an attempt for a lead that is
+--     no longer active (it checks leads.state), which covers them. `sending` and `unknown`
+--     jobs may already be with the provider; their outcome is recorded by the engine.
 --   * an auto-reply or a soft bounce is recorded only.
 CREATE FUNCTION numail_record_inbound(
     p_mailbox_id uuid,
@@ -46,7 +50,8 @@ CREATE FUNCTION numail_record_inbound(
     p_kind text,
     p_bounce_type text,
     p_candidates text[],
-    p_received_at timestamptz
+    p_received_at timestamptz,
+    p_failed_recipients text[]
 ) RETURNS TABLE (
     o_outcome text, o_reply_id uuid, o_sent_message_id uuid, o_lead_id uuid,
     o_cancelled integer
@@ -61,6 +66,7 @@ DECLARE
     v_reply uuid;
     v_cancelled integer := 0;
     v_why text;
+    v_bounce_type text := p_bounce_type;
 BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'numail_record_inbound needs a workspace'
@@ -77,9 +83,18 @@ BEGIN
         RETURN;
     END IF;
 
+    IF p_kind = 'bounce' AND p_bounce_type = 'hard' AND NOT EXISTS (
+        SELECT 1
+          FROM leads l, unnest(coalesce(p_failed_recipients, '{}'::text[])) AS f (address)
+         WHERE l.workspace_id = ws AND l.id = v_lead
+           AND lower(btrim(f.address)) = lower(btrim(l.email))
+    ) THEN
+        v_bounce_type := 'soft';
+    END IF;
+
     INSERT INTO replies (workspace_id, mailbox_id, sent_message_id, lead_id, message_id,
                          in_reply_to, kind, bounce_type, received_at)
-    VALUES (ws, p_mailbox_id, v_sent, v_lead, p_message_id, v_matched, p_kind, p_bounce_type,
+    VALUES (ws, p_mailbox_id, v_sent, v_lead, p_message_id, v_matched, p_kind, v_bounce_type,
             coalesce(p_received_at, now()))
     ON CONFLICT (workspace_id, mailbox_id, message_id) DO NOTHING
     RETURNING id INTO v_reply;
@@ -92,7 +107,7 @@ BEGIN
         UPDATE leads SET state = 'replied'
          WHERE workspace_id = ws AND id = v_lead AND state = 'active';
         v_why := 'cancelled: the lead replied, which stops the lead''s sequence';
-    ELSIF p_kind = 'bounce' AND p_bounce_type = 'hard' THEN
+    ELSIF p_kind = 'bounce' AND v_bounce_type = 'hard' THEN
         INSERT INTO suppression_entries (workspace_id, email_hash, reason)
         SELECT l.workspace_id, l.email_hash, 'hard_bounce'
           FROM leads l WHERE l.workspace_id = ws AND l.id = v_lead
@@ -107,17 +122,17 @@ BEGIN
            SET state = 'cancelled', lease_owner = NULL, updated_at = now(),
                last_error = v_why
          WHERE j.workspace_id = ws AND j.lead_id = v_lead
-           AND j.state IN ('scheduled', 'claimed');
+           AND j.state = 'scheduled';
         GET DIAGNOSTICS v_cancelled = ROW_COUNT;
     END IF;
 
-    RETURN QUERY SELECT CASE WHEN p_kind = 'bounce' THEN p_bounce_type || '_bounce'
+    RETURN QUERY SELECT CASE WHEN p_kind = 'bounce' THEN v_bounce_type || '_bounce'
                              ELSE p_kind END,
                         v_reply, v_sent, v_lead, v_cancelled;
 END
 $$;
 
-REVOKE ALL ON FUNCTION numail_record_inbound(uuid, text, text, text, text[], timestamptz)
+REVOKE ALL ON FUNCTION numail_record_inbound(uuid, text, text, text, text[], timestamptz, text[])
     FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION numail_record_inbound(uuid, text, text, text, text[], timestamptz)
+GRANT EXECUTE ON FUNCTION numail_record_inbound(uuid, text, text, text, text[], timestamptz, text[])
     TO numail_worker;

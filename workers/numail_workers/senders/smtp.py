@@ -29,16 +29,17 @@ from typing import Protocol
 from numail import redact
 from numail.providers.credentials import Credentials, PasswordCredentials, RefreshTokenCredentials
 from numail.providers.smtp_imap import MailServer, tls_context
+from numail_workers.bounces import is_hard_bounce as is_hard_bounce
 from numail_workers.failpoints import failpoint
 from numail_workers.mailboxes import MailboxProfile
 from numail_workers.message import OutgoingMessage
 from numail_workers.senders import SenderEndpoints, SendResult, SettleUnavailable, short
 
+# is_hard_bounce is re-exported: the send path and the reply detector share one rule.
 log = logging.getLogger("numail.send.smtp")
 
 _EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
-_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
 
 
 class Settler(Protocol):
@@ -57,12 +58,6 @@ def dot_stuffed(raw: bytes) -> bytes:
 
 def _text(reply: bytes | str) -> str:
     return reply.decode(errors="replace") if isinstance(reply, bytes) else reply
-
-
-def is_hard_bounce(code: int, reply: str) -> bool:
-    """RFC 3463 5.1.x: the address is bad (no such user, bad domain, bad syntax)."""
-    match = _ENHANCED.match(reply)
-    return code >= 500 and match is not None and match.group(1) == "5" and match.group(2) == "1"
 
 
 def _refused(code: int, reply: bytes | str, phase: str) -> SendResult:
