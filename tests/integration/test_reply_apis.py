@@ -4,6 +4,8 @@ stand-ins in their wire formats, with access tokens refreshed at the local OAuth
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +65,10 @@ def world(pg_dsn: str, tmp_path: Path) -> SendWorld:
     return SendWorld.create(pg_dsn, tmp_path)
 
 
-def detector_for(world: SendWorld, p: Providers) -> Any:
+def detector_for(world: SendWorld, p: Providers, **kw: Any) -> Any:
     return reply_detector(
         world,
+        **kw,
         https_ca_file=str(p.cert.ca),
         google_token_uri=p.google.token_uri,
         gmail_api_url=p.gmail.url,
@@ -230,3 +233,71 @@ def test_a_delta_link_to_another_host_is_never_followed(
         "SELECT delta_link FROM inbound_cursors WHERE mailbox_id = %s", [mailbox]
     )[0]
     assert link.startswith(providers.graph.url)
+
+
+def big_reply(answers: str) -> bytes:
+    """A reply with a large attachment: well over the test's 64 KiB limit."""
+    body = base64.encodebytes(os.urandom(300 * 1024)).replace(b"\n", b"\r\n")
+    head = inbound_reply(answers).split(b"Content-Type:")[0]
+    return (
+        head + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=big\r\n\r\n"
+        b"--big\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+        b"--big\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + body + b"--big--\r\n"
+    )
+
+
+def test_gmail_reads_an_oversized_message_by_its_header_only(
+    world: SendWorld, providers: Providers
+) -> None:
+    gmail = providers.gmail
+    mailbox = world.add_mailbox(
+        "gmail-big",
+        "big@gmail-client.test",
+        RefreshTokenCredentials(GMAIL_REFRESH),
+        provider="gmail",
+        settings={"oauth": {"clientId": GOOGLE_CLIENT[0]}},
+        client_secret=GOOGLE_CLIENT[1],
+    )
+    big, small = outbound(world, mailbox, ["big@x.test", "small@x.test"])
+    detector = detector_for(world, providers, max_message_bytes=64 * 1024)
+    assert run_once(world, detector).error is None  # the cursor: nothing yet
+    big_id = gmail.deliver(big_reply(big.message_id))
+    gmail.deliver(inbound_reply(small.message_id))
+    gmail.deliver(
+        b"From: x@y.test\r\nIn-Reply-To: <a\x00b@x>\r\nMessage-ID: <n\x00@x>\r\n\r\n.\r\n"
+    )
+    del gmail.get_formats[:]
+    result = run_once(world, detector)
+    assert result.error is None
+    assert dict(result.counts) == {"reply": 2, "ignored": 1}
+    # metadata for each; raw only for the two under the limit.
+    assert sorted(gmail.get_formats) == ["metadata"] * 3 + ["raw"] * 2
+    assert len(gmail.inbox[big_id].raw) > 64 * 1024
+    assert kinds(world) == [("reply", None), ("reply", None)]
+
+
+def test_graph_reads_an_oversized_message_by_its_header_only(
+    world: SendWorld, providers: Providers
+) -> None:
+    graph = providers.graph
+    mailbox = world.add_mailbox(
+        "outlook-big",
+        "big@contoso.test",
+        RefreshTokenCredentials(GRAPH_REFRESH),
+        provider="microsoft365",
+        settings={"oauth": {"clientId": MS_CLIENT[0], "tenant": "contoso"}},
+        client_secret=MS_CLIENT[1],
+    )
+    big, small = outbound(world, mailbox, ["gbig@x.test", "gsmall@x.test"])
+    detector = detector_for(world, providers, max_message_bytes=64 * 1024)
+    assert run_once(world, detector).error is None
+    graph.deliver(big_reply(big.message_id))
+    graph.deliver(inbound_reply(small.message_id))
+    del graph.calls[:]
+    result = run_once(world, detector)
+    assert result.error is None
+    assert dict(result.counts) == {"reply": 2}
+    # $value for both; the message's internetMessageHeaders only for the one over the limit.
+    assert graph.calls.count("value") == 2 and graph.calls.count("message") == 1
+    assert kinds(world) == [("reply", None), ("reply", None)]

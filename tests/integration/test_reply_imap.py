@@ -8,7 +8,9 @@ auto-replies arrive in the INBOX by IMAP APPEND.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import imaplib
+import secrets
 import signal
 import ssl
 import subprocess
@@ -23,6 +25,8 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from numail_workers import inbound_detector
+from numail_workers.inbound import classify
 
 from numail.audit import hash_identifier
 from numail.providers.credentials import PasswordCredentials
@@ -46,6 +50,11 @@ USERS = {
     "tenant-b@client1.test": "pw-tenant-b-3",
     "validity@client1.test": "pw-validity-4",
     "process@client1.test": CANARY,
+    "poison@client1.test": "pw-poison-5",
+    "after-poison@client1.test": "pw-poison-6",
+    "db-poison@client1.test": "pw-poison-7",
+    "history@client1.test": "pw-history-8",
+    "forward@client1.test": "pw-forward-9",
 }
 
 
@@ -403,3 +412,195 @@ def test_the_process_detects_a_reply_serves_metrics_stops_on_sigterm_and_logs_no
             assert form not in output
     assert base64.b64encode(world.dek.key).decode() not in output
     assert "proc@example.com" not in output
+
+
+def append_old(mail: Mail, user: str, raw: bytes, days: int) -> None:
+    """APPEND with an INTERNALDATE `days` ago, as mail that was in the INBOX long before."""
+    context = ssl.create_default_context(cafile=str(mail.cert.ca))
+    client = imaplib.IMAP4_SSL("127.0.0.1", mail.dovecot.imaps_port, ssl_context=context)
+    try:
+        client.login(user, USERS[user])
+        stamp = imaplib.Time2Internaldate(time.time() - days * 86400)
+        status, _ = client.append("INBOX", None, stamp, raw)
+        assert status == "OK", status
+    finally:
+        client.logout()
+
+
+def cursor_of(world: SendWorld, mailbox: UUID) -> tuple[Any, ...] | None:
+    rows = world.query(
+        "SELECT uidvalidity, last_uid FROM inbound_cursors WHERE mailbox_id = %s", [mailbox]
+    )
+    return rows[0] if rows else None
+
+
+def test_hostile_messages_do_not_stall_the_mailbox_or_the_others(
+    world: SendWorld, mail: Mail
+) -> None:
+    first, second = "poison@client1.test", "after-poison@client1.test"
+    # Mailboxes are polled in (namespace, name) order: "after-poison" comes first, so make the
+    # poisoned one sort first by its name.
+    poisoned = world.add_mailbox(
+        "a-poison",
+        first,
+        PasswordCredentials(password=USERS[first], username=first),
+        settings=imap_settings(mail),
+    )
+    other = add_mailbox(world, mail, second)
+    real, long_id, later = world.add_leads(
+        ["real@example.com", "long@example.com", "later@example.com"]
+    )
+    sent = world.enqueue(poisoned, [real, long_id])
+    (to_later,) = world.enqueue(other, [later])
+    mark_sent(world, [*sent, to_later])
+    to_real, to_long = (s.message_id for s in sent)
+
+    nul = inbound_reply("<a\x00b@client1.test>", to=first)
+    huge = inbound_reply(to_long, to=first, message_id=f"<{secrets.token_hex(10000)}@e.test>")
+    for raw in (nul, huge, inbound_reply(to_real, to=first)):
+        append_to_inbox(mail.dovecot, mail.cert.ca, first, raw)
+    append_to_inbox(mail.dovecot, mail.cert.ca, second, inbound_reply(to_later.message_id))
+
+    detector = reply_detector(world, mail_ca_file=str(mail.cert.ca))
+    results = {r.mailbox_id: r for r in run_once(world, detector)}
+    assert set(results) == {poisoned, other}
+    assert all(r.error is None for r in results.values())
+    # Dovecot stores the NUL as 0x80 (a literal can't hold NUL), an id that matches nothing;
+    # the huge-id one is a reply under an id made from its bytes, its own being too long.
+    assert dict(results[poisoned].counts) == {"unmatched": 1, "reply": 2}
+    assert dict(results[other].counts) == {"reply": 1}
+    assert [lead_state(world, x) for x in (real, long_id, later)] == ["replied"] * 3
+    ids = world.query(
+        "SELECT message_id FROM replies WHERE mailbox_id = %s AND lead_id = %s",
+        [poisoned, long_id],
+    )
+    assert ids[0][0].endswith("@no-message-id.numail.invalid>")
+    assert cursor_of(world, poisoned)[1] == 3  # type: ignore[index]
+
+    again = run_once(world, detector)
+    assert [(r.error, dict(r.counts)) for r in again] == [(None, {}), (None, {})]
+
+
+def test_a_message_the_database_refuses_is_unreadable_and_the_cursor_moves_past_it(
+    world: SendWorld, mail: Mail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: should an id the database can't take get past the classifier, the
+    message is counted unreadable and skipped, and the next one is still recorded."""
+    user = "db-poison@client1.test"
+    mailbox = add_mailbox(world, mail, user)
+    (lead,) = world.add_leads(["db@example.com"])
+    (job,) = world.enqueue(mailbox, [lead])
+    mark_sent(world, [job])
+
+    def hostile(raw: bytes) -> Any:
+        c = classify(raw)
+        if c is not None and b"X-Poison: nul" in raw:
+            return dataclasses.replace(c, message_id="<a\x00b@x>")
+        if c is not None and b"X-Poison: long" in raw:
+            return dataclasses.replace(c, message_id=f"<{secrets.token_hex(10000)}@x>")
+        return c
+
+    monkeypatch.setattr(inbound_detector, "classify", hostile)
+    for header in ("X-Poison: nul\r\n", "X-Poison: long\r\n", ""):
+        append_to_inbox(
+            mail.dovecot, mail.cert.ca, user, inbound_reply(job.message_id, headers=header)
+        )
+    detector = reply_detector(world, mail_ca_file=str(mail.cert.ca))
+    (result,) = run_once(world, detector)
+    assert result.error is None
+    assert dict(result.counts) == {"unreadable": 2, "reply": 1}
+    assert detector.metrics.inbound.labels("unreadable")._value.get() == 2
+    assert lead_state(world, lead) == "replied"
+    assert cursor_of(world, mailbox)[1] == 3  # type: ignore[index]
+    (again,) = run_once(world, detector)
+    assert again.error is None and not again.counts
+
+
+def test_an_unexpected_failure_of_one_mailbox_is_its_error_and_the_others_are_polled(
+    world: SendWorld, mail: Mail
+) -> None:
+    broken = add_mailbox(world, mail, "tenant-a@client1.test")
+    fine = add_mailbox(world, mail, "tenant-b@client1.test")
+    (lead,) = world.add_leads(["fine@example.com"])
+    (job,) = world.enqueue(fine, [lead])
+    mark_sent(world, [job])
+    append_to_inbox(
+        mail.dovecot, mail.cert.ca, "tenant-b@client1.test", inbound_reply(job.message_id)
+    )
+    detector = reply_detector(world, mail_ca_file=str(mail.cert.ca))
+    opener = detector.open_reader
+
+    def open_reader(profile: Any, *args: Any) -> Any:
+        if profile.id == broken:
+            raise RuntimeError("a bug nobody expected")
+        return opener(profile, *args)
+
+    detector.open_reader = open_reader
+    results = {r.mailbox_id: r for r in run_once(world, detector)}
+    assert results[broken].error == "unexpected RuntimeError"
+    # (tenant-b's INBOX is shared with another test: only the reply is this one's.)
+    assert results[fine].error is None and results[fine].counts["reply"] == 1
+    assert detector.metrics.poll_errors.labels("imap")._value.get() == 1
+    # Backed off: only the healthy mailbox is due again right away.
+    with psycopg.connect(world.worker_dsn) as conn:
+        detector._due[fine] = 0.0
+        assert [r.mailbox_id for r in detector.run_once(conn)] == [fine]
+
+
+def test_a_first_poll_never_reads_mail_older_than_the_lookback(
+    world: SendWorld, mail: Mail
+) -> None:
+    user = "history@client1.test"
+    mailbox = add_mailbox(world, mail, user)
+    (old_lead, new_lead) = world.add_leads(["old@example.com", "new@example.com"])
+    old_job, new_job = world.enqueue(mailbox, [old_lead, new_lead])
+    mark_sent(world, [old_job, new_job])
+    for _ in range(3):
+        append_old(mail, user, inbound_reply(old_job.message_id, to=user), days=60)
+
+    detector = reply_detector(world, mail_ca_file=str(mail.cert.ca))
+    (first,) = run_once(world, detector)
+    assert first.error is None and not first.counts
+    assert cursor_of(world, mailbox)[1] == 3  # type: ignore[index]
+    (second,) = run_once(world, detector)
+    assert second.error is None and not second.counts
+    append_to_inbox(mail.dovecot, mail.cert.ca, user, inbound_reply(new_job.message_id, to=user))
+    (third,) = run_once(world, detector)
+    assert dict(third.counts) == {"reply": 1}
+    assert [lead_state(world, x) for x in (old_lead, new_lead)] == ["active", "replied"]
+
+
+def test_a_hard_bounce_that_does_not_name_the_lead_is_soft_and_suppresses_no_one(
+    world: SendWorld, mail: Mail
+) -> None:
+    user = "forward@client1.test"
+    mailbox = add_mailbox(world, mail, user)
+    named, forwarded, policy = world.add_leads(
+        ["Named@Example.com", "fwd@example.com", "policy@example.com"]
+    )
+    sent = world.enqueue(mailbox, [named, forwarded, policy])
+    mark_sent(world, sent)
+    to_named, to_forwarded, to_policy = (s.message_id for s in sent)
+    for lead in (named, forwarded, policy):
+        pending(world, mailbox, lead, "scheduled")
+    for raw in (
+        inbound_dsn(to_named, recipient="named@EXAMPLE.com", to=user),  # case-insensitive
+        inbound_dsn(to_forwarded, recipient="someone-else@forwarded.test", to=user),
+        inbound_dsn(to_policy, recipient="policy@example.com", status="5.7.1", to=user),
+    ):
+        append_to_inbox(mail.dovecot, mail.cert.ca, user, raw)
+    (result,) = run_once(world, reply_detector(world, mail_ca_file=str(mail.cert.ca)))
+    assert dict(result.counts) == {"hard_bounce": 1, "soft_bounce": 2}
+    assert [lead_state(world, x) for x in (named, forwarded, policy)] == [
+        "bounced",
+        "active",
+        "active",
+    ]
+    assert world.query(
+        "SELECT email_hash FROM suppression_entries WHERE workspace_id = %s", [world.workspace_id]
+    ) == [(hash_identifier(HASH_KEY, "Named@Example.com"),)]
+    assert job_states(world, forwarded) == {f"{forwarded}-scheduled": "scheduled"}
+    assert world.query(
+        "SELECT count(*) FROM replies WHERE workspace_id = %s AND bounce_type = 'soft'",
+        [world.workspace_id],
+    ) == [(2,)]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numail_workers.inbound import classify, message_ids
+from numail_workers.bounces import is_bad_address_status, is_hard_bounce
+from numail_workers.inbound import MAX_MESSAGE_ID_LENGTH, classify, message_ids
+from numail_workers.senders.smtp import is_hard_bounce as smtp_is_hard_bounce
 
 SENT = "<0b7c6a4e-5f1d-4c2a-9d8e-111111111111@client1.test>"
 EARLIER = "<0b7c6a4e-5f1d-4c2a-9d8e-000000000000@client1.test>"
@@ -449,3 +451,133 @@ def test_real_samples_cut_anywhere_never_raise() -> None:
     for sample in (POSTFIX_DSN, EXCHANGE_NDR, GMAIL_DSN, DELAYED_DSN, VACATION, REPLY):
         for cut in range(0, len(sample), 37):
             classify(sample[:cut])
+
+
+# --- hostile ids, the shared bounce rule, read receipts ---------------------------------------
+
+
+def test_ids_with_control_characters_whitespace_or_over_the_cap_are_no_ids() -> None:
+    long_local = "a" * 300
+    value = f"<a\x00b@x> <a\x07b@x> <a\x85b@x> <\udcff@x> <{long_local}@x> <ok@x.test>"
+    assert message_ids(value) == ["<ok@x.test>"]
+    at_cap = "<" + "b" * (MAX_MESSAGE_ID_LENGTH - 4) + "@x>"
+    assert message_ids(at_cap) == [at_cap] and len(at_cap) == MAX_MESSAGE_ID_LENGTH
+    assert message_ids("<b" + at_cap[1:]) == []
+    # A reply whose only In-Reply-To holds a NUL answers nothing it could name.
+    poisoned = REPLY.replace(SENT.encode(), b"<a\x00b@client1.test>")
+    poisoned = poisoned.replace(EARLIER.encode(), b"<c\x00d@client1.test>")
+    assert classify(poisoned) is None
+    # A 20,000-character Message-ID of its own: the id derived from its bytes is used instead.
+    huge = REPLY.replace(b"<CAF=reply-5678@mail.example.com>", f"<{'x' * 20000}@e>".encode())
+    c = classify(huge)
+    assert c is not None and c.kind == "reply" and c.candidates[0] == SENT
+    assert c.message_id.endswith("@no-message-id.numail.invalid>")
+
+
+def test_the_send_path_and_the_dsn_path_share_the_bad_address_rule() -> None:
+    for status in ("5.1.1", "5.1.10", "5.1.2 bad domain", "5.2.1"):
+        assert is_bad_address_status(status), status
+        assert is_hard_bounce(550, status)
+    for status in ("5.7.1", "5.2.2", "5.4.4", "4.1.1", "2.1.5", "5.1.1234", "", "mailbox 5.1.1"):
+        assert not is_bad_address_status(status), status
+    assert not is_hard_bounce(450, "5.1.1")
+    assert smtp_is_hard_bounce is is_hard_bounce
+
+
+def test_a_permanent_failure_that_is_not_a_bad_address_is_a_soft_bounce() -> None:
+    for status in ("5.7.1", "5.2.2", "5.4.4", "5.0.0"):
+        c = classify(POSTFIX_DSN.replace(b"Status: 5.1.1", f"Status: {status}".encode()))
+        assert c is not None and (c.kind, c.bounce_type) == ("bounce", "soft"), status
+        assert c.failed_recipients == ()
+    c = classify(POSTFIX_DSN.replace(b"Status: 5.1.1", b"Status: 5.2.1"))
+    assert c is not None and c.bounce_type == "hard"
+
+
+def test_a_hard_bounce_lists_its_failed_final_and_original_recipients() -> None:
+    c = classify(POSTFIX_DSN)
+    assert c is not None and c.failed_recipients == ("nobody@example.com",)
+    forwarded = POSTFIX_DSN.replace(
+        b"Final-Recipient: rfc822; nobody@example.com", b"Final-Recipient: rfc822; <Fwd@Other.test>"
+    ).replace(
+        b"Original-Recipient: rfc822;nobody@example.com",
+        b"Original-Recipient: rfc822;Ada+2BTag@Example.com",
+    )
+    c = classify(forwarded)
+    assert c is not None and c.bounce_type == "hard"
+    assert c.failed_recipients == ("fwd@other.test", "ada+tag@example.com")
+    # Only recipients that failed as bad addresses are listed.
+    two = DELAYED_DSN.replace(
+        b"Will-Retry-Until",
+        b"X-Other: 1\r\n\r\nFinal-Recipient: rfc822; gone@example.org\r\nAction: failed\r\n"
+        b"Status: 5.1.1\r\nX-End",
+    )
+    c = classify(two)
+    assert c is not None and c.bounce_type == "hard"
+    assert c.failed_recipients == ("gone@example.org",)
+
+
+def test_a_non_dsn_bounce_is_hard_only_for_a_bad_address_and_names_its_failed_address() -> None:
+    exim = crlf(f"""From: Mail Delivery System <Mailer-Daemon@mx.old.example>
+To: sales@client1.test
+Subject: Mail delivery failed: returning message to sender
+Message-Id: <E1abc-0002@mx.old.example>
+
+The following address(es) failed:
+
+  Nobody@old.example
+    SMTP error from remote mail server after RCPT TO:<nobody@old.example>:
+    550 5.1.1 No such user
+
+------ This is a copy of the message, including all the headers. ------
+
+From: sales@client1.test
+To: nobody@old.example
+Message-ID: {SENT}
+""")
+    c = classify(exim)
+    assert c is not None and c.bounce_type == "hard" and c.reason == "non-DSN bounce (5.1.1)"
+    assert c.failed_recipients == ("nobody@old.example",)
+    listed = exim.replace(b"Subject:", b"X-Failed-Recipients: other@old.example\r\nSubject:")
+    assert classify(listed).failed_recipients == ("other@old.example",)  # type: ignore[union-attr]
+    policy = classify(exim.replace(b"550 5.1.1", b"550 5.7.1"))
+    assert policy is not None and policy.bounce_type == "soft"
+    assert policy.reason == "non-DSN bounce (5.7.1)" and policy.failed_recipients == ()
+
+
+READ_RECEIPT = crlf(f"""From: Ada Lovelace <ada@example.com>
+To: sales@client1.test
+Subject: Read: Hello Ada
+Date: Tue, 2 Apr 2024 12:10:00 +0200
+Message-ID: <mdn-42@mail.example.com>
+In-Reply-To: {SENT}
+References: {SENT}
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=disposition-notification;
+	boundary="mdn-b"
+
+--mdn-b
+Content-Type: text/plain; charset=utf-8
+
+Your message was displayed on Tue, 2 Apr 2024 12:10:00 +0200.
+
+--mdn-b
+Content-Type: message/disposition-notification
+
+Reporting-UA: mail.example.com; Thunderbird
+Final-Recipient: rfc822;ada@example.com
+Original-Message-ID: {SENT}
+Disposition: manual-action/MDN-sent-manually; displayed
+
+--mdn-b--
+""")
+
+
+def test_an_rfc8098_read_receipt_is_an_auto_reply_never_a_reply() -> None:
+    c = classify(READ_RECEIPT)
+    assert c is not None and c.kind == "auto_reply" and c.reason == "RFC 8098 read receipt"
+    assert c.candidates == (SENT,)
+    # Named by its Original-Message-ID alone, it still matches; with no id at all, ignored.
+    bare = READ_RECEIPT.replace(f"In-Reply-To: {SENT}\r\nReferences: {SENT}\r\n".encode(), b"")
+    c = classify(bare)
+    assert c is not None and c.kind == "auto_reply" and c.candidates == (SENT,)
+    assert classify(bare.replace(f"Original-Message-ID: {SENT}\r\n".encode(), b"")) is None
