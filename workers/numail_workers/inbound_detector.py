@@ -136,7 +136,9 @@ class ReplyDetector:
                 except Exception:
                     failures += 1
                     log.exception("reply poll failed; the cursors stay where they were")
-                    if conn is not None and not conn.closed:
+                    if conn is not None and conn.closed:
+                        conn = None  # reconnect on the next round
+                    elif conn is not None:
                         conn.rollback()
                     stop.wait(min(30.0, 0.5 * 2**failures))
         finally:
@@ -206,6 +208,8 @@ class ReplyDetector:
                 raise  # the database is unavailable: the whole round stops, run() reconnects
             self._failed(conn, row, err, result)
         except Exception as err:
+            if conn.closed or conn.broken:
+                raise  # the connection is gone: not this mailbox's fault
             # A bug or a provider answer nobody expected: this mailbox's poll fails (and backs
             # off) without holding up the others.
             self._failed(conn, row, err, result)

@@ -90,7 +90,8 @@ class ReplyMetrics:
             "numail_reply_inbound",
             "Inbound messages read, by what they were: reply, auto_reply, hard_bounce, "
             "soft_bounce; unmatched (answers no sent message), duplicate (already recorded), "
-            "ignored (concerns no sent message), unreadable (could not be classified)",
+            "ignored (concerns no sent message), unreadable (could not be classified, or the "
+            "database refused its values; skipped)",
             ["kind"],
             registry=registry,
         )
