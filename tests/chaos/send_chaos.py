@@ -39,6 +39,7 @@ class ChaosFigures:
     jobs: int
     mailboxes: int
     workers: int
+    seed: int = 0
     kills: int = 0
     seconds: float = 0.0
     delivered: int = 0  # messages the sink accepted
@@ -59,7 +60,8 @@ class ChaosFigures:
 
     def report(self) -> str:
         return (
-            f"send chaos: {self.jobs} jobs, {self.mailboxes} mailboxes, {self.workers} workers, "
+            f"send chaos (NUMAIL_CHAOS_SEED={self.seed}): {self.jobs} jobs, {self.mailboxes} "
+            f"mailboxes, {self.workers} workers, "
             f"{self.kills} SIGKILLs and {sum(self.failpoint_exits.values())} failpoint exits "
             f"{self.failpoint_exits} in {self.seconds:.1f}s ({self.rate:.0f} jobs/s)\n"
             f"  sink accepted {self.delivered}; duplicates {self.duplicates}, missing "
@@ -90,8 +92,12 @@ def run_send_chaos(
     failpoint_rate: float = 0.4,
     min_age: float = 1.0,
 ) -> ChaosFigures:
+    # A run that fails must be repeatable: the seed is drawn here when none is given, and
+    # reported (NUMAIL_CHAOS_SEED replays it).
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
-    figures = ChaosFigures(jobs, mailboxes, workers)
+    figures = ChaosFigures(jobs, mailboxes, workers, seed)
     cert = make_serving_cert(root / "tls")
     users = {f"box{i}@chaos{i}.test": f"chaos-password-{i}" for i in range(mailboxes)}
     dovecot = start_dovecot(cert, users)
@@ -148,7 +154,9 @@ def run_send_chaos(
             if sum(n for s, n in states.items() if s in FINAL) == jobs:
                 break
             if time.monotonic() - started > timeout:
-                raise AssertionError(f"chaos run did not finish in {timeout}s: {states}")
+                raise AssertionError(
+                    f"chaos run (seed {seed}) did not finish in {timeout}s: {states}"
+                )
             for i, worker in enumerate(slots):
                 if worker.alive():
                     continue
@@ -159,7 +167,9 @@ def run_send_chaos(
                 ]
                 if worker.process.returncode != 137 or not reached:
                     # Died on its own: that is a bug, not chaos.
-                    raise AssertionError(f"worker {worker.name} exited:\n{worker.output()[-3000:]}")
+                    raise AssertionError(
+                        f"worker {worker.name} exited (seed {seed}):\n{worker.output()[-3000:]}"
+                    )
                 figures.failpoint_exits[reached[0]] = figures.failpoint_exits.get(reached[0], 0) + 1
                 restart(i)
             now = time.monotonic()
