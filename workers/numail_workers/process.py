@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from uuid import UUID
 
 from numail import redact
@@ -171,3 +174,58 @@ def install_stop_signals(log: logging.Logger, what: str) -> threading.Event:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     return stop
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A worker process once its common configuration is read: who it serves, where its
+    credentials and keys come from, and the event that SIGTERM sets."""
+
+    args: argparse.Namespace
+    env: Mapping[str, str]
+    credentials: CredentialSource
+    keys: KeySource
+    endpoints: SenderEndpoints
+    stop: threading.Event
+
+    @property
+    def workspace_id(self) -> UUID:
+        return UUID(self.args.workspace_uid)
+
+    def serve_metrics(self) -> None:
+        if self.args.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.args.metrics_port)
+
+
+_Settings = TypeVar("_Settings")
+
+
+def start_worker(
+    prog: str,
+    description: str | None,
+    argv: list[str] | None,
+    log: logging.Logger,
+    stopping: str,
+    read_settings: Callable[[Mapping[str, str]], _Settings],
+) -> tuple[Worker, _Settings]:
+    """Redaction first, before anything can log; then flags, logging, the database URL
+    registered as a secret, stop signals, the process's own settings (`read_settings`) and the
+    common sources. Raises ConfigError (or ValueError) naming a malformed setting; the caller
+    exits 2."""
+    redact.install_redaction()
+    env = os.environ
+    args = parse_args(prog, description, argv, env)
+    configure_logging(env)
+    redact.register(args.database_url)
+    stop = install_stop_signals(log, stopping)
+    settings = read_settings(env)
+    return Worker(
+        args=args,
+        env=env,
+        credentials=credential_source(env, args.workspace, args.workspace_uid),
+        keys=key_source(env, args.workspace, args.workspace_uid),
+        endpoints=sender_endpoints(env),
+        stop=stop,
+    ), settings

@@ -21,28 +21,15 @@ the process exits 0. What was read but not recorded is read again by the next ru
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from functools import partial
-from uuid import UUID
 
-from numail import redact
 from numail_workers.inbound_detector import DetectorSettings, ReplyDetector
 from numail_workers.inbound_readers import ReaderSettings, open_reader
 from numail_workers.metrics import ReplyMetrics
-from numail_workers.process import (
-    ConfigError,
-    configure_logging,
-    credential_source,
-    env_float,
-    env_int,
-    install_stop_signals,
-    key_source,
-    parse_args,
-    sender_endpoints,
-)
+from numail_workers.process import ConfigError, env_float, env_int, start_worker
 
 log = logging.getLogger("numail.reply")
 
@@ -76,34 +63,29 @@ def detector_settings(env: Mapping[str, str]) -> DetectorSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    redact.install_redaction()  # before anything can log
-    env = os.environ
-    args = parse_args("python -m numail_workers.reply", __doc__, argv, env)
-    configure_logging(env)
-    redact.register(args.database_url)
-    stop = install_stop_signals(log, "recording the message in hand, then stopping")
     try:
-        settings = detector_settings(env)
-        credentials = credential_source(env, args.workspace, args.workspace_uid)
-        keys = key_source(env, args.workspace, args.workspace_uid)
-        endpoints = sender_endpoints(env)
+        worker, settings = start_worker(
+            "python -m numail_workers.reply",
+            __doc__,
+            argv,
+            log,
+            "recording the message in hand, then stopping",
+            detector_settings,
+        )
     except (ConfigError, ValueError) as err:
         log.error("configuration: %s", err)
         return 2
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port)
+    worker.serve_metrics()
     detector = ReplyDetector(
-        dsn=args.database_url,
-        workspace_id=UUID(args.workspace_uid),
+        dsn=worker.args.database_url,
+        workspace_id=worker.workspace_id,
         settings=settings,
-        credentials=credentials,
-        keys=keys,
-        open_reader=partial(open_reader, endpoints, settings.reader),
-        metrics=ReplyMetrics(args.workspace),
+        credentials=worker.credentials,
+        keys=worker.keys,
+        open_reader=partial(open_reader, worker.endpoints, settings.reader),
+        metrics=ReplyMetrics(worker.args.workspace),
     )
-    detector.run(stop)
+    detector.run(worker.stop)
     return 0
 
 

@@ -14,26 +14,13 @@ recorded, the rest of the batch is released for another worker, and the process 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from functools import partial
-from uuid import UUID
 
-from numail import redact
 from numail_workers.engine import EngineSettings, SendEngine
 from numail_workers.metrics import SendMetrics
-from numail_workers.process import (
-    ConfigError,
-    configure_logging,
-    credential_source,
-    env_float,
-    env_int,
-    install_stop_signals,
-    key_source,
-    parse_args,
-    sender_endpoints,
-)
+from numail_workers.process import ConfigError, env_float, env_int, start_worker
 from numail_workers.senders import open_provider_session
 
 log = logging.getLogger("numail.send")
@@ -56,34 +43,29 @@ def engine_settings(env: Mapping[str, str]) -> EngineSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    redact.install_redaction()  # before anything can log
-    env = os.environ
-    args = parse_args("python -m numail_workers.send", __doc__, argv, env)
-    configure_logging(env)
-    redact.register(args.database_url)
-    stop = install_stop_signals(log, "finishing the message in hand")
     try:
-        settings = engine_settings(env)
-        credentials = credential_source(env, args.workspace, args.workspace_uid)
-        keys = key_source(env, args.workspace, args.workspace_uid)
-        endpoints = sender_endpoints(env)
+        worker, settings = start_worker(
+            "python -m numail_workers.send",
+            __doc__,
+            argv,
+            log,
+            "finishing the message in hand",
+            engine_settings,
+        )
     except (ConfigError, ValueError) as err:
         log.error("configuration: %s", err)
         return 2
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port)
+    worker.serve_metrics()
     engine = SendEngine(
-        dsn=args.database_url,
-        workspace_id=UUID(args.workspace_uid),
+        dsn=worker.args.database_url,
+        workspace_id=worker.workspace_id,
         settings=settings,
-        credentials=credentials,
-        keys=keys,
-        open_session=partial(open_provider_session, endpoints),
-        metrics=SendMetrics(args.workspace),
+        credentials=worker.credentials,
+        keys=worker.keys,
+        open_session=partial(open_provider_session, worker.endpoints),
+        metrics=SendMetrics(worker.args.workspace),
     )
-    engine.run(stop)
+    engine.run(worker.stop)
     return 0
 
 
