@@ -733,7 +733,15 @@ def test_two_replicas_elect_one_active_operator(
                 return "both paused"
             return None
 
-        outcome = wait_for(settled, 40, "one replica to reconcile, or both to pause")
+        # Generous: two operator processes start and join peering on a machine the rest of
+        # the suite keeps busy; a passing run takes a few seconds.
+        try:
+            outcome = wait_for(settled, 120, "one replica to reconcile, or both to pause")
+        except AssertionError as err:
+            tails = "\n".join(
+                f"--- {p.log.name}:\n{p.log.read_text()[-2000:]}" for p in (first, second)
+            )
+            raise AssertionError(f"{err}\n{tails}") from None
         assert outcome == "reconciled", "both replicas paused: equal Kopf peering priorities"
     finally:
         first.stop()
