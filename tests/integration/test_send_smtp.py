@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import json
 import ssl
 import time
 from collections.abc import Iterator
@@ -271,6 +272,49 @@ def test_no_credential_byte_reaches_the_logs(world: SendWorld, mail: Mail) -> No
     plain = base64.b64encode(f"\0{SUPPORT}\0{canary}".encode()).decode()
     assert plain not in logs
     assert base64.b64encode(world.dek.key).decode() not in logs
+
+
+def test_credentials_that_fail_to_open_are_reported_without_their_bytes(
+    world: SendWorld, mail: Mail
+) -> None:
+    """The worker logs why a mailbox's credentials would not open (the engine's 'could not open
+    its credentials' line): a malformed document and a tampered frame, each holding a canary."""
+    canary = "canary-Malformed-" + base64.b16encode(b"doc").decode()
+    stray = "canary-Stray-" + base64.b16encode(b"field").decode()
+    malformed = world.add_mailbox(
+        "sales",
+        SALES,
+        json.dumps({"password": canary, "colour": stray}).encode(),
+        settings=smtp_settings(mail),
+    )
+    tampered_canary = "canary-Tampered-" + base64.b16encode(b"frame").decode()
+    tampered = world.add_mailbox(
+        "support",
+        SUPPORT,
+        PasswordCredentials(password=tampered_canary),
+        settings=smtp_settings(mail),
+    )
+    sealed = world.credentials_dir / "numail-mailbox-support" / "sealed"
+    frame = bytearray(sealed.read_bytes())
+    frame[-1] ^= 0x01
+    sealed.write_bytes(bytes(frame))
+    leads = world.add_leads(["opening1@example.com", "opening2@example.com"])
+    jobs = [*world.enqueue(malformed, leads[:1]), *world.enqueue(tampered, leads[1:])]
+    worker = world.start_worker(NUMAIL_LOG_LEVEL="DEBUG")
+    world.wait_until(
+        lambda: world.all_logs().count("could not open its credentials") >= 2,
+        30,
+        "both mailboxes to fail to open",
+    )
+    worker.terminate()
+    for job in jobs:
+        assert world.job(job.job_id)["state"] == "scheduled"  # retried later, never sent
+    logs = world.all_logs()
+    assert "could not open its credentials: unknown field(s)" in logs
+    assert "could not open its credentials: sealed frame failed authentication" in logs
+    for secret in (canary, stray, tampered_canary):
+        for form in (secret, base64.b64encode(secret.encode()).decode(), secret[4:-4]):
+            assert form not in logs
 
 
 def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(
