@@ -6,11 +6,17 @@ an extra rule in a worker Role or a missing NetworkPolicy does.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from numail.api import LABEL_WORKSPACE
 from numail_operator import k8s
-from numail_operator.build.workspace import DATABASE_SECRET, KEYSERVICE_CA_CONFIGMAP
+from numail_operator.build.workspace import (
+    DATABASE_SECRET,
+    KEYSERVICE_CA_CONFIGMAP,
+    Manifest,
+    WorkspaceInputs,
+)
 from numail_operator.reconcile.workspace import (
     desired_children,
     desired_database_secret,
@@ -55,10 +61,12 @@ def repair_child(
         return None
     ws = parse_workspace(body)
     mailboxes = mailbox_inventory(clients, meta.get("namespace", ""))
-    if child.get("kind") == "Secret":
-        return _repair_database_secret(child, deleted, clients, applier, settings, ws, mailboxes)
-    if child.get("kind") == "ConfigMap":
-        return _repair_keyservice_ca(child, deleted, clients, applier, settings, ws, mailboxes)
+    if child.get("kind") in ("Secret", "ConfigMap"):
+        copy = _COPIES.get((str(child["kind"]), str(meta.get("name"))))
+        if copy is None:
+            return None
+        desired = copy(clients, settings, inputs_for(ws, settings, mailboxes))
+        return _repair_copy(child, deleted, applier, desired.manifest)
     for manifest in desired_children(ws, settings, mailboxes):
         if manifest["kind"] != child.get("kind") or manifest["metadata"]["name"] != meta.get(
             "name"
@@ -78,62 +86,35 @@ def repair_child(
     return None
 
 
-def _repair_database_secret(
-    child: dict[str, Any],
-    deleted: bool,
-    clients: k8s.Clients,
-    applier: k8s.Applier,
-    settings: Settings,
-    ws: Any,
-    mailboxes: Any,
+class _Copy(Protocol):
+    @property
+    def manifest(self) -> Manifest | None: ...
+
+
+# Children copied from a source in the operator's namespace, built by reading that source.
+_COPIES: dict[tuple[str, str], Callable[[k8s.Clients, Settings, WorkspaceInputs], _Copy]] = {
+    ("Secret", DATABASE_SECRET): desired_database_secret,
+    ("ConfigMap", KEYSERVICE_CA_CONFIGMAP): desired_keyservice_ca,
+}
+
+
+def _repair_copy(
+    child: dict[str, Any], deleted: bool, applier: k8s.Applier, manifest: Manifest | None
 ) -> str | None:
-    """The workers' DSN copy: put back when deleted or when its data or labels differ from the
-    source. Nothing from it is returned or logged but its name."""
-    meta = child.get("metadata") or {}
-    if meta.get("name") != DATABASE_SECRET:
-        return None
-    desired = desired_database_secret(clients, settings, inputs_for(ws, settings, mailboxes))
-    manifest = desired.manifest
+    """A copy (the workers' DSN Secret, the key service's CA ConfigMap): put back when deleted
+    or when its data or labels differ from the source's. With no source (manifest None) the last
+    copy stays, and the Workspace's condition says so at its next reconcile. Nothing from the
+    data is returned or logged, only the name."""
     if manifest is None:
         return None
-    where = f"{meta.get('namespace')}/{DATABASE_SECRET}"
+    meta = child.get("metadata") or {}
+    where = f"{child.get('kind')} {meta.get('namespace')}/{meta.get('name')}"
     if deleted:
         applier.apply(manifest)
-        return f"recreated Secret {where}"
+        return f"recreated {where}"
     if (child.get("data") or {}) != manifest["data"] or drifted(
         manifest["metadata"]["labels"], meta.get("labels") or {}
     ):
         applier.apply(manifest)
-        return f"reverted a change to Secret {where}"
-    return None
-
-
-def _repair_keyservice_ca(
-    child: dict[str, Any],
-    deleted: bool,
-    clients: k8s.Clients,
-    applier: k8s.Applier,
-    settings: Settings,
-    ws: Any,
-    mailboxes: Any,
-) -> str | None:
-    """The key service's CA copy: put back when deleted or when its data or labels differ from
-    the source's ca.crt. With the source gone, the last copy stays (the workers keep working)
-    and the Workspace's KeyServiceCA condition says so at its next reconcile."""
-    meta = child.get("metadata") or {}
-    if meta.get("name") != KEYSERVICE_CA_CONFIGMAP:
-        return None
-    desired = desired_keyservice_ca(clients, settings, inputs_for(ws, settings, mailboxes))
-    manifest = desired.manifest
-    if manifest is None:
-        return None
-    where = f"{meta.get('namespace')}/{KEYSERVICE_CA_CONFIGMAP}"
-    if deleted:
-        applier.apply(manifest)
-        return f"recreated ConfigMap {where}"
-    if (child.get("data") or {}) != manifest["data"] or drifted(
-        manifest["metadata"]["labels"], meta.get("labels") or {}
-    ):
-        applier.apply(manifest)
-        return f"reverted a change to ConfigMap {where}"
+        return f"reverted a change to {where}"
     return None
