@@ -329,32 +329,28 @@ BEGIN
 
     SELECT coalesce(array_agg(x.id) FILTER (WHERE x.kind = 'stale'), '{}'),
            coalesce(array_agg(x.id) FILTER (WHERE x.kind = 'settle'), '{}'),
-           coalesce(array_agg(x.id) FILTER (WHERE x.kind = 'stopped'), '{}')
-      INTO v_stale, v_settle, v_stopped
+           coalesce(array_agg(x.id) FILTER (WHERE x.kind = 'stopped'), '{}'),
+           coalesce(array_agg(x.id) FILTER (WHERE x.kind = 'suppressed'), '{}')
+      INTO v_stale, v_settle, v_stopped, v_suppressed
       FROM unnest(c_ids, c_kind) AS x (id, kind);
-    IF cardinality(v_stopped) > 0 THEN
+    -- Jobs that end here, rechecked as they are now; only those that did end count below.
+    IF cardinality(v_stopped) + cardinality(v_suppressed) > 0 THEN
         WITH s AS (
             UPDATE send_jobs
-               SET state = 'cancelled', updated_at = now(),
-                   last_error = 'the lead replied: its sequence is stopped'
-             WHERE id = ANY (v_stopped) AND state = 'scheduled' AND lease_owner IS NULL
-            RETURNING id
+               SET state = CASE WHEN id = ANY (v_suppressed) THEN 'suppressed'
+                                ELSE 'cancelled' END,
+                   updated_at = now(),
+                   last_error = CASE WHEN id = ANY (v_suppressed)
+                                     THEN 'the recipient is on the suppression list'
+                                     ELSE 'the lead replied: its sequence is stopped' END
+             WHERE id = ANY (v_stopped || v_suppressed) AND state = 'scheduled'
+               AND lease_owner IS NULL
+            RETURNING id, state
         )
-        SELECT coalesce(array_agg(s.id), '{}') INTO v_stopped FROM s;
-    END IF;
-
-    SELECT coalesce(array_agg(x.id), '{}') INTO v_suppressed
-      FROM unnest(c_ids, c_kind) AS x (id, kind)
-     WHERE x.kind = 'suppressed';
-    IF cardinality(v_suppressed) > 0 THEN
-        WITH s AS (
-            UPDATE send_jobs
-               SET state = 'suppressed', updated_at = now(),
-                   last_error = 'the recipient is on the suppression list'
-             WHERE id = ANY (v_suppressed) AND state = 'scheduled' AND lease_owner IS NULL
-            RETURNING id
-        )
-        SELECT coalesce(array_agg(s.id), '{}') INTO v_suppressed FROM s;
+        SELECT coalesce(array_agg(s.id) FILTER (WHERE s.state = 'cancelled'), '{}'),
+               coalesce(array_agg(s.id) FILTER (WHERE s.state = 'suppressed'), '{}')
+          INTO v_stopped, v_suppressed
+          FROM s;
     END IF;
 
     -- Daily caps, set-wise: each mailbox's counter row of today exists, is locked in mailbox
