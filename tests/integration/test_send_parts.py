@@ -165,3 +165,13 @@ def test_the_workers_name_what_is_missing_from_their_configuration() -> None:
         done = _run(module, {**base, "NUMAIL_METRICS_PORT": "ninety"})
         assert done.returncode == 2 and "NUMAIL_METRICS_PORT must be a number" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_bearer_session_drops_its_token_when_closed() -> None:
+    """Gmail and Graph sessions, senders and inbox readers alike, close through this."""
+    from numail_workers.senders.web import BearerSession
+
+    http = BearerSession(None, 5.0, "tok-canary")
+    assert http.headers["Authorization"] == "Bearer tok-canary"
+    http.close()
+    assert "Authorization" not in http.headers

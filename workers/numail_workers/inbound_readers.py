@@ -39,7 +39,7 @@ from numail.providers.credentials import Credentials, PasswordCredentials
 from numail.providers.smtp_imap import MailServer, tls_context
 from numail_workers.mailboxes import MailboxProfile
 from numail_workers.senders import SenderEndpoints
-from numail_workers.senders.web import error_code, session
+from numail_workers.senders.web import BearerSession, error_code
 
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
@@ -269,7 +269,7 @@ class GmailInbox:
         settings: ReaderSettings,
     ) -> None:
         self._base = api_url.rstrip("/") + "/gmail/v1/users/me"
-        self._http = session(ca_file, timeout, token)
+        self._http = BearerSession(ca_file, timeout, token)
         self._settings = settings
         self._next: Cursor | None = None
         self._more = False
@@ -374,8 +374,7 @@ class GmailInbox:
         return InboundMessage(ref, _header_block(fields), received)
 
     def close(self) -> None:
-        self._http.headers.pop("Authorization", None)
-        self._http.close()
+        self._http.close()  # drops the token
 
 
 def _int(value: object) -> int | None:
@@ -422,7 +421,7 @@ class GraphInbox:
     ) -> None:
         self._root = graph_url.rstrip("/")
         self._me = self._root + "/v1.0/me"
-        self._http = session(ca_file, timeout, token)
+        self._http = BearerSession(ca_file, timeout, token)
         self._http.headers["Prefer"] = f"odata.maxpagesize={self.page_size}"
         self._settings = settings
         self._next: Cursor | None = None
@@ -538,8 +537,7 @@ class GraphInbox:
         return _header_block(_json(response, "Graph (message)").get("internetMessageHeaders"))
 
     def close(self) -> None:
-        self._http.headers.pop("Authorization", None)
-        self._http.close()
+        self._http.close()  # drops the token
 
 
 def _iso(value: str | None) -> datetime | None:

@@ -12,7 +12,7 @@ from numail_workers.failpoints import failpoint
 from numail_workers.mailboxes import MailboxProfile
 from numail_workers.message import OutgoingMessage
 from numail_workers.senders import SenderEndpoints, SendResult, SettleUnavailable
-from numail_workers.senders.web import error_code, failure_kind, session
+from numail_workers.senders.web import BearerSession, error_code, failure_kind
 
 
 def gmail_access_token(
@@ -38,7 +38,7 @@ def gmail_access_token(
 class GmailSession:
     def __init__(self, api_url: str, token: str, ca_file: str | None, timeout: float) -> None:
         self._base = api_url.rstrip("/") + "/gmail/v1/users/me/messages"
-        self._http = session(ca_file, timeout, token)
+        self._http = BearerSession(ca_file, timeout, token)
 
     def send(self, message: OutgoingMessage) -> SendResult:
         raw = base64.urlsafe_b64encode(message.raw).decode()
@@ -81,8 +81,7 @@ class GmailSession:
             raise SettleUnavailable("Gmail API answered with something else than JSON") from None
 
     def close(self) -> None:
-        self._http.headers.pop("Authorization", None)
-        self._http.close()
+        self._http.close()  # drops the token
 
 
 def open_gmail_session(

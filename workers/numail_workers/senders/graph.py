@@ -18,7 +18,7 @@ from numail_workers.failpoints import failpoint
 from numail_workers.mailboxes import MailboxProfile
 from numail_workers.message import OutgoingMessage
 from numail_workers.senders import SenderEndpoints, SendResult, SettleUnavailable
-from numail_workers.senders.web import error_code, failure_kind, session
+from numail_workers.senders.web import BearerSession, error_code, failure_kind
 
 
 def graph_access_token(
@@ -52,7 +52,7 @@ def _odata_literal(value: str) -> str:
 class GraphSession:
     def __init__(self, graph_url: str, token: str, ca_file: str | None, timeout: float) -> None:
         self._me = graph_url.rstrip("/") + "/v1.0/me"
-        self._http = session(ca_file, timeout, token)
+        self._http = BearerSession(ca_file, timeout, token)
 
     def _find(self, folder: str, message_id: str) -> list[dict[str, Any]]:
         response = self._http.get(
@@ -124,8 +124,7 @@ class GraphSession:
             raise SettleUnavailable(f"Graph unreachable ({type(err).__name__})") from None
 
     def close(self) -> None:
-        self._http.headers.pop("Authorization", None)
-        self._http.close()
+        self._http.close()  # drops the token
 
 
 def open_graph_session(

@@ -13,11 +13,17 @@ from numail.providers.base import safe_error_code
 from numail.providers.http import PinnedSession
 
 
-def session(ca_file: str | None, timeout: float, token: str) -> PinnedSession:
-    """A requests session for one mailbox and one batch, with the bearer token on every call."""
-    http = PinnedSession(ca_file, timeout)
-    http.headers["Authorization"] = f"Bearer {token}"
-    return http
+class BearerSession(PinnedSession):
+    """A requests session for one mailbox and one batch, with the bearer token on every call.
+    Closing it drops the token, so it lives no longer than the batch or poll at hand."""
+
+    def __init__(self, ca_file: str | None, timeout: float, token: str) -> None:
+        super().__init__(ca_file, timeout)
+        self.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.headers.pop("Authorization", None)
+        super().close()
 
 
 def failure_kind(err: requests.RequestException) -> Literal["transient", "unknown"]:
