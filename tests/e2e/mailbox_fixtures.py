@@ -28,12 +28,11 @@ from tests.support.controlplane import ControlPlane
 from tests.support.mail import (
     DovecotServer,
     SmtpServer,
-    make_self_signed_cert,
     start_dovecot,
 )
 from tests.support.oauth import GoogleOAuthServer, MicrosoftIdentityServer
 from tests.support.operator import OperatorProcess, start_operator
-from tests.support.tls import ServingCert, make_serving_cert
+from tests.support.tls import ServingCert, make_self_signed_cert, make_serving_cert
 from tests.support.waiting import absent, condition, wait_for
 
 G, V = "numail.ai", "v1alpha1"

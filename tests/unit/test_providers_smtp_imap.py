@@ -13,9 +13,9 @@ from numail.providers.base import AuthFailed, ProviderEndpoints, TLSFailed, Unre
 from numail.providers.credentials import PasswordCredentials
 from numail.providers.mailbox import MailboxTarget, ProviderClients
 from numail.providers.smtp_imap import MailServer, tls_context, verify_imap, verify_smtp
-from tests.support.mail import DovecotServer, SmtpServer, make_self_signed_cert, start_dovecot
+from tests.support.mail import DovecotServer, SmtpServer, start_dovecot
 from tests.support.postgres import free_port
-from tests.support.tls import ServingCert, make_serving_cert
+from tests.support.tls import ServingCert, make_self_signed_cert, make_serving_cert
 
 USER, PASSWORD = "sales@client.example", "app-password-0451"
 
