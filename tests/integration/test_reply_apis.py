@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -18,16 +17,15 @@ from numail_workers.inbound_readers import GraphInbox
 
 from numail.providers.credentials import RefreshTokenCredentials
 from tests.support.mail_apis import (
-    GmailApi,
-    GraphApi,
+    ApiProviders,
     SendWorld,
+    api_providers,
     inbound_dsn,
     inbound_reply,
     mark_sent,
     reply_detector,
 )
-from tests.support.oauth import GoogleOAuthServer, MicrosoftIdentityServer
-from tests.support.tls import ServingCert, make_serving_cert
+from tests.support.tls import make_serving_cert
 
 GOOGLE_CLIENT = ("gmail-client.apps.googleusercontent.com", "google-client-secret-canary-r")
 MS_CLIENT = ("9b0c2f4e-ms-client", "ms-client-secret-canary-r")
@@ -35,29 +33,14 @@ GMAIL_REFRESH = "1//gmail-refresh-token-canary-reply-0123456789"
 GRAPH_REFRESH = "M.R3_BAY.graph-refresh-token-canary-reply"
 
 
-@dataclass
-class Providers:
-    cert: ServingCert
-    google: GoogleOAuthServer
-    microsoft: MicrosoftIdentityServer
-    gmail: GmailApi
-    graph: GraphApi
-
-
 @pytest.fixture(scope="module")
-def providers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
-    cert = make_serving_cert(tmp_path_factory.mktemp("reply-api-tls"))
-    google = GoogleOAuthServer(cert).start()
-    google.add_grant(GMAIL_REFRESH, *GOOGLE_CLIENT)
-    microsoft = MicrosoftIdentityServer(cert).start()
-    microsoft.add_grant(GRAPH_REFRESH, *MS_CLIENT, tenant="contoso")
-    gmail = GmailApi(cert, lambda token: token in google.issued_tokens()).start()
-    graph = GraphApi(cert, lambda token: token in microsoft.issued_tokens()).start()
-    try:
-        yield Providers(cert, google, microsoft, gmail, graph)
-    finally:
-        for server in (gmail, graph, google, microsoft):
-            server.stop()
+def providers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProviders]:
+    with api_providers(
+        make_serving_cert(tmp_path_factory.mktemp("reply-api-tls")),
+        gmail_grant=(GMAIL_REFRESH, *GOOGLE_CLIENT),
+        graph_grant=(GRAPH_REFRESH, *MS_CLIENT),
+    ) as providers:
+        yield providers
 
 
 @pytest.fixture
@@ -65,7 +48,7 @@ def world(pg_dsn: str, tmp_path: Path) -> SendWorld:
     return SendWorld.create(pg_dsn, tmp_path)
 
 
-def detector_for(world: SendWorld, p: Providers, **kw: Any) -> Any:
+def detector_for(world: SendWorld, p: ApiProviders, **kw: Any) -> Any:
     return reply_detector(
         world,
         **kw,
@@ -99,7 +82,7 @@ def kinds(world: SendWorld) -> list[tuple[str, str | None]]:
 
 
 def test_gmail_history_then_an_expired_history_id_falls_back_to_messages_list(
-    world: SendWorld, providers: Providers, caplog: pytest.LogCaptureFixture
+    world: SendWorld, providers: ApiProviders, caplog: pytest.LogCaptureFixture
 ) -> None:
     gmail = providers.gmail
     mailbox = world.add_mailbox(
@@ -153,7 +136,7 @@ def test_gmail_history_then_an_expired_history_id_falls_back_to_messages_list(
 
 def test_graph_delta_pages_then_an_expired_delta_link_starts_a_new_round(
     world: SendWorld,
-    providers: Providers,
+    providers: ApiProviders,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -211,7 +194,7 @@ def test_graph_delta_pages_then_an_expired_delta_link_starts_a_new_round(
 
 
 def test_a_delta_link_to_another_host_is_never_followed(
-    world: SendWorld, providers: Providers
+    world: SendWorld, providers: ApiProviders
 ) -> None:
     mailbox = world.add_mailbox(
         "outlook",
@@ -248,7 +231,7 @@ def big_reply(answers: str) -> bytes:
 
 
 def test_gmail_reads_an_oversized_message_by_its_header_only(
-    world: SendWorld, providers: Providers
+    world: SendWorld, providers: ApiProviders
 ) -> None:
     gmail = providers.gmail
     mailbox = world.add_mailbox(
@@ -278,7 +261,7 @@ def test_gmail_reads_an_oversized_message_by_its_header_only(
 
 
 def test_graph_reads_an_oversized_message_by_its_header_only(
-    world: SendWorld, providers: Providers
+    world: SendWorld, providers: ApiProviders
 ) -> None:
     graph = providers.graph
     mailbox = world.add_mailbox(

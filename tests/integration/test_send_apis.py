@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from numail.providers.credentials import RefreshTokenCredentials
-from tests.support.mail_apis import GmailApi, GraphApi, SendWorld, SmtpSink
-from tests.support.oauth import GoogleOAuthServer, MicrosoftIdentityServer
-from tests.support.tls import ServingCert, make_serving_cert
+from tests.support.mail_apis import ApiProviders, SendWorld, SmtpSink, api_providers
+from tests.support.tls import make_serving_cert
 
 GOOGLE_CLIENT = ("gmail-client.apps.googleusercontent.com", "google-client-secret-canary")
 MS_CLIENT = ("9b0c2f4e-ms-client", "ms-client-secret-canary")
@@ -22,30 +21,24 @@ GRAPH_REFRESH = "M.R3_BAY.graph-refresh-token-canary"
 
 
 @dataclass
-class Providers:
-    cert: ServingCert
-    google: GoogleOAuthServer
-    microsoft: MicrosoftIdentityServer
-    gmail: GmailApi
-    graph: GraphApi
+class Providers(ApiProviders):
     xoauth_smtp: SmtpSink
 
 
 @pytest.fixture(scope="module")
 def providers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
-    cert = make_serving_cert(tmp_path_factory.mktemp("api-tls"))
-    google = GoogleOAuthServer(cert).start()
-    google.add_grant(GMAIL_REFRESH, *GOOGLE_CLIENT)
-    microsoft = MicrosoftIdentityServer(cert).start()
-    microsoft.add_grant(GRAPH_REFRESH, *MS_CLIENT, tenant="contoso")
-    gmail = GmailApi(cert, lambda token: token in google.issued_tokens()).start()
-    graph = GraphApi(cert, lambda token: token in microsoft.issued_tokens()).start()
-    smtp = SmtpSink(cert, oauth_tokens=lambda token: token in google.issued_tokens()).start()
-    try:
-        yield Providers(cert, google, microsoft, gmail, graph, smtp)
-    finally:
-        for server in (gmail, graph, google, microsoft, smtp):
-            server.stop()
+    with api_providers(
+        make_serving_cert(tmp_path_factory.mktemp("api-tls")),
+        gmail_grant=(GMAIL_REFRESH, *GOOGLE_CLIENT),
+        graph_grant=(GRAPH_REFRESH, *MS_CLIENT),
+    ) as apis:
+        google = apis.google
+        smtp = SmtpSink(apis.cert, oauth_tokens=lambda token: token in google.issued_tokens())
+        smtp.start()
+        try:
+            yield Providers(**vars(apis), xoauth_smtp=smtp)
+        finally:
+            smtp.stop()
 
 
 @pytest.fixture

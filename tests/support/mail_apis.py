@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -56,7 +56,7 @@ from numail.db import migrate
 from numail.keys import KeyContext
 from numail.keys.local import LocalKeyProvider, generate_keyring
 from numail.providers.credentials import Credentials, canonical_document
-from tests.support.oauth import ThreadedHttpsServer
+from tests.support.oauth import GoogleOAuthServer, MicrosoftIdentityServer, ThreadedHttpsServer
 from tests.support.postgres import free_port
 from tests.support.tls import ServingCert
 
@@ -1323,3 +1323,37 @@ def inbound_dsn(
         f"Message-ID: {original}\nSubject: Hello Ada\n\n--b1--\n"
     )
     return text.replace("\n", "\r\n").encode()
+
+
+@dataclass
+class ApiProviders:
+    """The local Google and Microsoft identity servers and the Gmail and Graph APIs that accept
+    the access tokens those servers issued, all under one test CA."""
+
+    cert: ServingCert
+    google: GoogleOAuthServer
+    microsoft: MicrosoftIdentityServer
+    gmail: GmailApi
+    graph: GraphApi
+
+
+@contextlib.contextmanager
+def api_providers(
+    cert: ServingCert,
+    *,
+    gmail_grant: tuple[str, str, str],
+    graph_grant: tuple[str, str, str],
+    tenant: str = "contoso",
+) -> Iterator[ApiProviders]:
+    """Grants are (refresh token, client id, client secret)."""
+    google = GoogleOAuthServer(cert).start()
+    google.add_grant(*gmail_grant)
+    microsoft = MicrosoftIdentityServer(cert).start()
+    microsoft.add_grant(*graph_grant, tenant=tenant)
+    gmail = GmailApi(cert, lambda token: token in google.issued_tokens()).start()
+    graph = GraphApi(cert, lambda token: token in microsoft.issued_tokens()).start()
+    try:
+        yield ApiProviders(cert, google, microsoft, gmail, graph)
+    finally:
+        for server in (gmail, graph, google, microsoft):
+            server.stop()
